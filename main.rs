@@ -1,0 +1,4036 @@
+//! tinysio — a Socket.IO v5 / Engine.IO v4 server in one file.
+//!
+//! Modules, in reading order (each one uses only those above it):
+//!
+//! | module   | owns                                                            |
+//! |----------|-----------------------------------------------------------------|
+//! | `config` | flags, environment variables, defaults, the log macro           |
+//! | `eio`    | Engine.IO packet codec and the shared outbound packet (`Out`)   |
+//! | `sio`    | Socket.IO packet codec (types, namespaces, ack ids, attachments)|
+//! | `http`   | the HTTP/1.1 front: request parsing, responses, query, CORS     |
+//! | `engine` | sessions, the three transports, heartbeat, timers, the one close|
+//! | `hub`    | namespaces, sockets, rooms, acks both ways, broadcast           |
+//! | `app`    | the services: `/` echo, `/movies` watch party, `/custom`        |
+//! | `server` | the accept loop, routing, shutdown                              |
+//!
+//! Threads: one `accept` thread; one `conn-N` thread per TCP connection (it reads requests,
+//! and for a WebSocket reads frames for the life of the socket); one `timers` thread
+//! (heartbeats, connect and ack timeouts); a `ws-writer` thread only while a WebSocket's kernel
+//! buffer is full; one `signals` thread waiting for SIGINT/SIGTERM.
+//!
+//! One message, socket to handler and back:
+//!
+//! ```text
+//!  conn-N reads a frame ─► eio::decode ─► Engine::on_packet ─► Hub::message ─► sio::decode
+//!      ─► Namespace handler (app) ─► Socket::emit ─► sio::encode once into eio::Out (Arc)
+//!      ─► Session::send_all ─► WebSocket: non-blocking send now, backlog + writer if full
+//!                            └► polling / SSE: the session queue, drained by the waiting GET
+//! ```
+
+// ───────────────────────────────────────────────────────────────────────────────────────────
+mod config {
+    //! Flags and environment variables, their defaults, and logging. Reads no socket.
+    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::time::Duration;
+
+    /// Every flag: name, default, help. `--name value`, `--name=value` or `TINYSIO_NAME`.
+    pub const FLAGS: &[(&str, &str, &str)] = &[
+        ("host", "127.0.0.1", "address to listen on"),
+        (
+            "port",
+            "5000",
+            "port to listen on (0 picks a free one; the log says which)",
+        ),
+        (
+            "ping-interval",
+            "25000",
+            "ms between server pings (Engine.IO pingInterval)",
+        ),
+        (
+            "ping-timeout",
+            "20000",
+            "ms to wait for a pong after a ping is queued",
+        ),
+        (
+            "max-payload",
+            "1000000",
+            "largest message or HTTP body accepted, bytes",
+        ),
+        (
+            "max-connections",
+            "12000",
+            "open TCP connections; beyond it 503 + Retry-After",
+        ),
+        (
+            "allowed-origins",
+            "",
+            "comma-separated Origins; '*' allows any; empty: same origin and null",
+        ),
+        (
+            "log-level",
+            "info",
+            "error, warn, info or debug (debug logs packet summaries)",
+        ),
+        (
+            "connect-timeout",
+            "45000",
+            "ms a client has to CONNECT a namespace after the handshake",
+        ),
+        (
+            "max-header-bytes",
+            "8192",
+            "request head size; beyond it 431",
+        ),
+        (
+            "max-request-line",
+            "4096",
+            "request line length; beyond it 414",
+        ),
+        (
+            "header-timeout",
+            "10000",
+            "ms to receive a whole request head (slowloris guard)",
+        ),
+        (
+            "idle-timeout",
+            "30000",
+            "ms a keep-alive connection may sit idle between requests",
+        ),
+        (
+            "max-queue-bytes",
+            "4194304",
+            "outbound bytes queued per session before it is closed",
+        ),
+        (
+            "max-queue-packets",
+            "8192",
+            "outbound packets queued per session before it is closed",
+        ),
+        (
+            "max-writers",
+            "2048",
+            "WebSocket writer threads at once (slow consumers) before closing",
+        ),
+        (
+            "max-namespaces",
+            "32",
+            "namespaces one Engine.IO session may join",
+        ),
+        (
+            "max-attachments",
+            "64",
+            "binary attachments in one Socket.IO packet",
+        ),
+        (
+            "max-packets",
+            "512",
+            "Engine.IO packets in one polling or SSE POST",
+        ),
+        (
+            "sse-replay",
+            "2048",
+            "SSE packets kept for Last-Event-ID resume",
+        ),
+        (
+            "shutdown-timeout",
+            "5000",
+            "ms to flush close packets on SIGINT/SIGTERM before exit",
+        ),
+        (
+            "thread-stack",
+            "131072",
+            "stack size of connection threads, bytes",
+        ),
+    ];
+    /// Boolean flags: present or absent.
+    pub const SWITCHES: &[(&str, &str)] = &[
+        (
+            "conformance",
+            "run as the official protocol test suites expect (PROTOCOL.md §5)",
+        ),
+        ("help", "print this help"),
+    ];
+
+    #[derive(Clone, Debug)]
+    pub struct Config {
+        pub host: String,
+        pub port: u16,
+        pub ping_interval: Duration,
+        pub ping_timeout: Duration,
+        pub max_payload: usize,
+        pub max_connections: usize,
+        /// Empty: same origin and `null`. Contains "*": any origin.
+        pub allowed_origins: Vec<String>,
+        pub connect_timeout: Duration,
+        pub max_header_bytes: usize,
+        pub max_request_line: usize,
+        pub header_timeout: Duration,
+        pub idle_timeout: Duration,
+        pub max_queue_bytes: usize,
+        pub max_queue_packets: usize,
+        pub max_writers: usize,
+        pub max_namespaces: usize,
+        pub max_attachments: usize,
+        pub max_packets: usize,
+        pub sse_replay: usize,
+        pub shutdown_timeout: Duration,
+        pub thread_stack: usize,
+        pub conformance: bool,
+    }
+
+    impl Default for Config {
+        fn default() -> Config {
+            parse(Vec::new(), |_| None).expect("defaults parse")
+        }
+    }
+
+    pub fn help() -> String {
+        let mut s = String::from(
+            "tinysio: a Socket.IO v5 / Engine.IO v4 server (WebSocket, long-polling, SSE)\n\n\
+             usage: tinysio [--flag value]...   (every flag also reads TINYSIO_FLAG_NAME)\n\n",
+        );
+        for (name, default, help) in FLAGS {
+            s.push_str(&format!("  --{name:<18} {help} [default: {default}]\n"));
+        }
+        for (name, help) in SWITCHES {
+            s.push_str(&format!("  --{name:<18} {help}\n"));
+        }
+        s
+    }
+
+    fn env_name(flag: &str) -> String {
+        format!("TINYSIO_{}", flag.to_uppercase().replace('-', "_"))
+    }
+
+    /// Parses arguments (without the program name) over environment variables over defaults.
+    /// `Ok(None)` means `--help` was asked for.
+    pub fn parse(
+        args: Vec<String>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, String> {
+        let mut given: Vec<(String, String)> = Vec::new();
+        let mut switches: Vec<String> = Vec::new();
+        let mut it = args.into_iter();
+        while let Some(arg) = it.next() {
+            let Some(body) = arg.strip_prefix("--") else {
+                return Err(format!("unexpected argument '{arg}' (flags start with --)"));
+            };
+            let (name, inline) = match body.split_once('=') {
+                Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                None => (body.to_string(), None),
+            };
+            if SWITCHES.iter().any(|(n, _)| *n == name) {
+                switches.push(name);
+            } else if FLAGS.iter().any(|(n, _, _)| *n == name) {
+                let value = match inline {
+                    Some(v) => v,
+                    None => it.next().ok_or(format!("--{name} needs a value"))?,
+                };
+                given.push((name, value));
+            } else {
+                return Err(format!("unknown flag --{name} (see --help)"));
+            }
+        }
+        let get = |name: &str| -> String {
+            if let Some((_, v)) = given.iter().rev().find(|(n, _)| n == name) {
+                return v.clone();
+            }
+            if let Some(v) = env(&env_name(name)) {
+                return v;
+            }
+            FLAGS
+                .iter()
+                .find(|(n, _, _)| *n == name)
+                .map(|f| f.1.to_string())
+                .unwrap_or_default()
+        };
+        let num = |name: &str| -> Result<u64, String> {
+            let v = get(name);
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("--{name}: '{v}' is not a whole number"))
+        };
+        let ms = |name: &str| num(name).map(Duration::from_millis);
+        let size = |name: &str| num(name).map(|n| n as usize);
+        let switch = |name: &str| {
+            switches.iter().any(|s| s == name) || env(&env_name(name)).is_some_and(|v| v == "1")
+        };
+        if switch("help") {
+            return Err(help());
+        }
+        let level = get("log-level");
+        set_level(match level.as_str() {
+            "error" => 0,
+            "warn" => 1,
+            "info" => 2,
+            "debug" => 3,
+            _ => {
+                return Err(format!(
+                    "--log-level: '{level}' is not error, warn, info or debug"
+                ))
+            }
+        });
+        let conformance = switch("conformance");
+        let origins: Vec<String> = get("allowed-origins")
+            .split(',')
+            .map(|s| s.trim().trim_end_matches('/').to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let mut cfg = Config {
+            host: get("host"),
+            port: num("port")?
+                .try_into()
+                .map_err(|_| "--port: out of range".to_string())?,
+            ping_interval: ms("ping-interval")?,
+            ping_timeout: ms("ping-timeout")?,
+            max_payload: size("max-payload")?,
+            max_connections: size("max-connections")?,
+            allowed_origins: origins,
+            connect_timeout: ms("connect-timeout")?,
+            max_header_bytes: size("max-header-bytes")?,
+            max_request_line: size("max-request-line")?,
+            header_timeout: ms("header-timeout")?,
+            idle_timeout: ms("idle-timeout")?,
+            max_queue_bytes: size("max-queue-bytes")?,
+            max_queue_packets: size("max-queue-packets")?,
+            max_writers: size("max-writers")?,
+            max_namespaces: size("max-namespaces")?,
+            max_attachments: size("max-attachments")?,
+            max_packets: size("max-packets")?,
+            sse_replay: size("sse-replay")?,
+            shutdown_timeout: ms("shutdown-timeout")?,
+            thread_stack: size("thread-stack")?.max(64 * 1024),
+            conformance,
+        };
+        if conformance {
+            // PROTOCOL.md §5: what the official test suites expect.
+            cfg.ping_interval = Duration::from_millis(300);
+            cfg.ping_timeout = Duration::from_millis(200);
+            cfg.max_payload = 1_000_000;
+            cfg.allowed_origins = vec!["*".into()];
+        }
+        if cfg.ping_interval.is_zero() || cfg.ping_timeout.is_zero() {
+            return Err("--ping-interval and --ping-timeout must be above 0".into());
+        }
+        Ok(cfg)
+    }
+
+    static LEVEL: AtomicU8 = AtomicU8::new(2);
+    pub fn set_level(level: u8) {
+        LEVEL.store(level, Ordering::Relaxed);
+    }
+    pub fn enabled(level: u8) -> bool {
+        level <= LEVEL.load(Ordering::Relaxed)
+    }
+    pub const ERROR: u8 = 0;
+    pub const WARN: u8 = 1;
+    pub const INFO: u8 = 2;
+    pub const DEBUG: u8 = 3;
+    pub fn tag(level: u8) -> &'static str {
+        ["error", "warn", "info", "debug"][level.min(3) as usize]
+    }
+
+    /// `log!(INFO, "...")`: one line on stderr, `tinysio <level> <message>`.
+    macro_rules! log {
+        ($level:expr, $($arg:tt)*) => {
+            if $crate::config::enabled($level) {
+                eprintln!("tinysio {} {}", $crate::config::tag($level), format_args!($($arg)*));
+            }
+        };
+    }
+    pub(crate) use log;
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn defaults_match_the_engine_io_handshake_defaults() {
+            let c = parse(vec![], |_| None).unwrap();
+            assert_eq!(c.port, 5000);
+            assert_eq!(c.ping_interval, Duration::from_millis(25000));
+            assert_eq!(c.ping_timeout, Duration::from_millis(20000));
+            assert_eq!(c.max_payload, 1_000_000);
+            assert!(c.allowed_origins.is_empty());
+        }
+
+        #[test]
+        fn flags_beat_environment_beat_defaults() {
+            let env = |k: &str| (k == "TINYSIO_PORT").then(|| "6000".to_string());
+            assert_eq!(parse(vec![], env).unwrap().port, 6000);
+            let args = vec!["--port=7000".to_string()];
+            assert_eq!(parse(args, env).unwrap().port, 7000);
+            let args = vec![
+                "--port".into(),
+                "8000".into(),
+                "--allowed-origins".into(),
+                "*".into(),
+            ];
+            let c = parse(args, |_| None).unwrap();
+            assert_eq!((c.port, c.allowed_origins), (8000, vec!["*".to_string()]));
+        }
+
+        #[test]
+        fn bad_flags_are_refused_with_a_reason() {
+            for (args, says) in [
+                (vec!["--nope"], "unknown flag"),
+                (vec!["--port", "x"], "not a whole number"),
+                (vec!["--port"], "needs a value"),
+                (vec!["port"], "unexpected argument"),
+                (vec!["--log-level", "loud"], "log-level"),
+                (vec!["--help"], "usage"),
+            ] {
+                let args = args.into_iter().map(String::from).collect();
+                let err = parse(args, |_| None).unwrap_err();
+                assert!(err.contains(says), "{err}");
+            }
+            set_level(INFO);
+        }
+
+        #[test]
+        fn conformance_profile_sets_the_suite_timings() {
+            let c = parse(vec!["--conformance".into()], |_| None).unwrap();
+            assert_eq!(c.ping_interval, Duration::from_millis(300));
+            assert_eq!(c.ping_timeout, Duration::from_millis(200));
+            assert_eq!(c.allowed_origins, vec!["*".to_string()]);
+        }
+    }
+}
+
+use config::{log, DEBUG, ERROR, INFO, WARN};
+
+// ───────────────────────────────────────────────────────────────────────────────────────────
+mod eio {
+    //! Engine.IO v4 codec: packets to and from bytes, payloads, base64. Pure: never touches a
+    //! socket. Also `Out`, the encoded outbound packet every transport shares.
+    use std::fmt;
+    use std::sync::Arc;
+
+    pub const SEPARATOR: u8 = 0x1e;
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Packet {
+        Open(String),
+        Close,
+        Ping(String),
+        Pong(String),
+        Message(String),
+        Binary(Vec<u8>),
+        Upgrade,
+        Noop,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum DecodeError {
+        Empty,
+        UnknownType(u8),
+        BadBase64,
+        NotUtf8,
+        TooManyPackets(usize),
+    }
+
+    impl fmt::Display for DecodeError {
+        fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            match self {
+                DecodeError::Empty => write!(f, "empty Engine.IO packet"),
+                DecodeError::UnknownType(c) => {
+                    write!(f, "unknown Engine.IO packet type {:?}", *c as char)
+                }
+                DecodeError::BadBase64 => write!(f, "binary packet is not valid base64"),
+                DecodeError::NotUtf8 => write!(f, "text packet is not valid UTF-8"),
+                DecodeError::TooManyPackets(n) => write!(f, "more than {n} packets in one payload"),
+            }
+        }
+    }
+
+    /// Decodes one text packet (a WebSocket text frame, or one record of an HTTP payload).
+    pub fn decode(text: &str) -> Result<Packet, DecodeError> {
+        let first = *text.as_bytes().first().ok_or(DecodeError::Empty)?;
+        let data = || text[1..].to_string();
+        Ok(match first {
+            b'0' => Packet::Open(data()),
+            b'1' => Packet::Close,
+            b'2' => Packet::Ping(data()),
+            b'3' => Packet::Pong(data()),
+            b'4' => Packet::Message(data()),
+            b'5' => Packet::Upgrade,
+            b'6' => Packet::Noop,
+            other => return Err(DecodeError::UnknownType(other)),
+        })
+    }
+
+    /// Decodes an HTTP payload: packets joined by `\x1e`, binary ones as `b<base64>`.
+    pub fn decode_payload(body: &[u8], max_packets: usize) -> Result<Vec<Packet>, DecodeError> {
+        let mut packets = Vec::new();
+        for record in body.split(|b| *b == SEPARATOR) {
+            if packets.len() == max_packets {
+                return Err(DecodeError::TooManyPackets(max_packets));
+            }
+            packets.push(match record.first() {
+                Some(b'b') => Packet::Binary(base64_decode(&record[1..])?),
+                _ => decode(std::str::from_utf8(record).map_err(|_| DecodeError::NotUtf8)?)?,
+            });
+        }
+        Ok(packets)
+    }
+
+    /// Room left in front of every `Out` for the largest WebSocket frame header.
+    const HEAD_ROOM: usize = 10;
+
+    /// An outbound Engine.IO packet, encoded once and shared by every receiver: the bytes are a
+    /// complete server WebSocket frame whose payload (the Engine.IO packet) sits at a fixed
+    /// offset, so WebSocket receivers send `ws_frame()` and polling/SSE use `payload()`.
+    #[derive(Debug)]
+    pub struct Out {
+        bytes: Box<[u8]>,
+        start: u8,
+        binary: bool,
+    }
+
+    impl Out {
+        /// Builds a text packet; `write` appends the packet (type digit first) to the buffer.
+        pub fn text_with(write: impl FnOnce(&mut Vec<u8>)) -> Arc<Out> {
+            let mut buf = vec![0u8; HEAD_ROOM];
+            write(&mut buf);
+            Out::seal(buf, false)
+        }
+        pub fn text(packet: &str) -> Arc<Out> {
+            Out::text_with(|b| b.extend_from_slice(packet.as_bytes()))
+        }
+        pub fn binary(data: &[u8]) -> Arc<Out> {
+            let mut buf = Vec::with_capacity(HEAD_ROOM + data.len());
+            buf.resize(HEAD_ROOM, 0);
+            buf.extend_from_slice(data);
+            Out::seal(buf, true)
+        }
+        fn seal(mut buf: Vec<u8>, binary: bool) -> Arc<Out> {
+            let len = buf.len() - HEAD_ROOM;
+            let mut head = [0u8; HEAD_ROOM];
+            head[0] = 0x80 | if binary { 0x2 } else { 0x1 }; // FIN + opcode
+            let n = if len < 126 {
+                head[1] = len as u8;
+                2
+            } else if len <= u16::MAX as usize {
+                head[1] = 126;
+                head[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+                4
+            } else {
+                head[1] = 127;
+                head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+                10
+            };
+            let start = HEAD_ROOM - n;
+            buf[start..HEAD_ROOM].copy_from_slice(&head[..n]);
+            Arc::new(Out {
+                bytes: buf.into_boxed_slice(),
+                start: start as u8,
+                binary,
+            })
+        }
+        /// The Engine.IO packet: text with its type digit, or raw binary.
+        pub fn payload(&self) -> &[u8] {
+            &self.bytes[HEAD_ROOM..]
+        }
+        pub fn ws_frame(&self) -> &[u8] {
+            &self.bytes[self.start as usize..]
+        }
+        pub fn is_noop(&self) -> bool {
+            !self.binary && self.payload() == b"6"
+        }
+        /// The packet as one record of an HTTP payload (polling body, SSE data).
+        pub fn write_record(&self, out: &mut Vec<u8>) {
+            if self.binary {
+                out.push(b'b');
+                base64_encode(self.payload(), out);
+            } else {
+                out.extend_from_slice(self.payload());
+            }
+        }
+    }
+
+    /// Joins packets into a polling response body.
+    pub fn encode_payload<'a>(packets: impl IntoIterator<Item = &'a Arc<Out>>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, p) in packets.into_iter().enumerate() {
+            if i > 0 {
+                out.push(SEPARATOR);
+            }
+            p.write_record(&mut out);
+        }
+        out
+    }
+
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub fn base64_encode(data: &[u8], out: &mut Vec<u8>) {
+        for chunk in data.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]);
+                } else {
+                    out.push(b'=');
+                }
+            }
+        }
+    }
+
+    pub fn base64_decode(text: &[u8]) -> Result<Vec<u8>, DecodeError> {
+        let text = match text {
+            [rest @ .., b'=', b'='] => rest,
+            [rest @ .., b'='] => rest,
+            all => all,
+        };
+        if text.len() % 4 == 1 {
+            return Err(DecodeError::BadBase64);
+        }
+        let mut out = Vec::with_capacity(text.len() * 3 / 4);
+        for chunk in text.chunks(4) {
+            let mut n = 0u32;
+            for (i, c) in chunk.iter().enumerate() {
+                let v = match c {
+                    b'A'..=b'Z' => c - b'A',
+                    b'a'..=b'z' => c - b'a' + 26,
+                    b'0'..=b'9' => c - b'0' + 52,
+                    b'+' => 62,
+                    b'/' => 63,
+                    _ => return Err(DecodeError::BadBase64),
+                };
+                n |= (v as u32) << (18 - 6 * i);
+            }
+            let bytes = n.to_be_bytes();
+            out.extend_from_slice(&bytes[1..chunk.len()]);
+        }
+        Ok(out)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn decodes_every_packet_type_of_the_spec() {
+            for (text, packet) in [
+                ("0{\"sid\":\"x\"}", Packet::Open("{\"sid\":\"x\"}".into())),
+                ("1", Packet::Close),
+                ("2", Packet::Ping("".into())),
+                ("2probe", Packet::Ping("probe".into())),
+                ("3probe", Packet::Pong("probe".into())),
+                ("4hello", Packet::Message("hello".into())),
+                ("4", Packet::Message("".into())),
+                ("5", Packet::Upgrade),
+                ("6", Packet::Noop),
+            ] {
+                assert_eq!(decode(text), Ok(packet), "{text}");
+            }
+            assert_eq!(decode(""), Err(DecodeError::Empty));
+            assert_eq!(decode("7"), Err(DecodeError::UnknownType(b'7')));
+            assert_eq!(decode("x"), Err(DecodeError::UnknownType(b'x')));
+        }
+
+        #[test]
+        fn decodes_the_spec_payload_example() {
+            // engine.io-protocol v4: "4hello\x1e4€\x1ebAQIDBA=="
+            let body = "4hello\x1e4€\x1ebAQIDBA==".as_bytes();
+            assert_eq!(
+                decode_payload(body, 10).unwrap(),
+                vec![
+                    Packet::Message("hello".into()),
+                    Packet::Message("€".into()),
+                    Packet::Binary(vec![1, 2, 3, 4]),
+                ]
+            );
+            assert_eq!(decode_payload(body, 2), Err(DecodeError::TooManyPackets(2)));
+            assert_eq!(decode_payload(b"b!!!!", 2), Err(DecodeError::BadBase64));
+            assert_eq!(decode_payload(b"4\xff", 2), Err(DecodeError::NotUtf8));
+            assert_eq!(decode_payload(b"", 2), Err(DecodeError::Empty));
+        }
+
+        #[test]
+        fn encodes_payloads_as_the_spec_does() {
+            let packets = [
+                Out::text("4hello"),
+                Out::text("4€"),
+                Out::binary(&[1, 2, 3, 4]),
+            ];
+            assert_eq!(
+                encode_payload(&packets),
+                "4hello\x1e4€\x1ebAQIDBA==".as_bytes()
+            );
+        }
+
+        #[test]
+        fn out_is_a_complete_websocket_frame() {
+            let small = Out::text("4hi");
+            assert_eq!(small.ws_frame(), b"\x81\x034hi");
+            let mid = Out::binary(&[7u8; 300]);
+            assert_eq!(&mid.ws_frame()[..4], &[0x82, 126, 1, 44]);
+            assert_eq!(mid.payload().len(), 300);
+            let big = Out::binary(&vec![1u8; 70_000]);
+            assert_eq!(&big.ws_frame()[..2], &[0x82, 127]);
+            assert_eq!(big.ws_frame().len(), 70_010);
+        }
+
+        /// Property: base64 round-trips every length, and decoding junk never panics.
+        #[test]
+        fn base64_round_trips_and_never_panics() {
+            let mut rng = crate::testutil::Rng(7);
+            for len in 0..300 {
+                let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                let mut text = Vec::new();
+                base64_encode(&data, &mut text);
+                assert_eq!(base64_decode(&text).unwrap(), data);
+                let junk: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                let _ = base64_decode(&junk);
+                let _ = decode_payload(&junk, 8);
+            }
+        }
+    }
+}
+
+// ───────────────────────────────────────────────────────────────────────────────────────────
+mod sio {
+    //! Socket.IO v5 codec: `<type>[<n>-][<nsp>,][<id>][<json>]`, strictly checked. Pure: never
+    //! touches a socket or a session.
+    use serde_json::Value;
+    use std::fmt;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Kind {
+        Connect = 0,
+        Disconnect = 1,
+        Event = 2,
+        Ack = 3,
+        ConnectError = 4,
+        BinaryEvent = 5,
+        BinaryAck = 6,
+    }
+
+    impl Kind {
+        fn from_digit(c: u8) -> Option<Kind> {
+            use Kind::*;
+            Some(
+                [
+                    Connect,
+                    Disconnect,
+                    Event,
+                    Ack,
+                    ConnectError,
+                    BinaryEvent,
+                    BinaryAck,
+                ][match c {
+                    b'0'..=b'6' => (c - b'0') as usize,
+                    _ => return None,
+                }],
+            )
+        }
+        pub fn digit(self) -> u8 {
+            b'0' + self as u8
+        }
+        pub fn is_binary(self) -> bool {
+            matches!(self, Kind::BinaryEvent | Kind::BinaryAck)
+        }
+    }
+
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Packet {
+        pub kind: Kind,
+        pub nsp: String,
+        pub id: Option<u64>,
+        pub data: Option<Value>,
+        pub attachments: usize,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum DecodeError {
+        UnknownType,
+        BadAttachmentCount,
+        TooManyAttachments(usize),
+        BadNamespace,
+        BadAckId,
+        BadJson(String),
+        BadPayload(&'static str),
+        PlaceholderMismatch,
+    }
+
+    impl fmt::Display for DecodeError {
+        fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            use DecodeError::*;
+            match self {
+                UnknownType => write!(f, "unknown Socket.IO packet type"),
+                BadAttachmentCount => write!(f, "binary packet without a valid '<n>-' count"),
+                TooManyAttachments(n) => write!(f, "more than {n} attachments"),
+                BadNamespace => write!(f, "namespace must start with '/'"),
+                BadAckId => write!(f, "ack id is not a decimal integer"),
+                BadJson(e) => write!(f, "invalid JSON: {e}"),
+                BadPayload(what) => write!(f, "bad payload: {what}"),
+                PlaceholderMismatch => {
+                    write!(
+                        f,
+                        "attachment placeholders do not match the attachment count"
+                    )
+                }
+            }
+        }
+    }
+
+    pub fn decode(text: &str, max_attachments: usize) -> Result<Packet, DecodeError> {
+        let bytes = text.as_bytes();
+        let kind = bytes
+            .first()
+            .and_then(|c| Kind::from_digit(*c))
+            .ok_or(DecodeError::UnknownType)?;
+        let mut i = 1;
+        let mut attachments = 0;
+        if kind.is_binary() {
+            let digits = bytes[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if digits == 0 || bytes.get(i + digits) != Some(&b'-') {
+                return Err(DecodeError::BadAttachmentCount);
+            }
+            attachments = text[i..i + digits]
+                .parse()
+                .map_err(|_| DecodeError::BadAttachmentCount)?;
+            if attachments > max_attachments {
+                return Err(DecodeError::TooManyAttachments(max_attachments));
+            }
+            i += digits + 1;
+        }
+        let mut nsp = "/".to_string();
+        if bytes.get(i) == Some(&b'/') {
+            let end = text[i..].find(',').map_or(text.len(), |n| i + n);
+            nsp = text[i..end].to_string();
+            i = (end + 1).min(text.len());
+        } else if i < bytes.len() && !matches!(bytes[i], b'0'..=b'9' | b'[' | b'{' | b'"') {
+            return Err(DecodeError::BadNamespace);
+        }
+        let digits = bytes[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+        let id = match digits {
+            0 => None,
+            _ => Some(
+                text[i..i + digits]
+                    .parse::<u64>()
+                    .map_err(|_| DecodeError::BadAckId)?,
+            ),
+        };
+        i += digits;
+        let data = match &text[i..] {
+            "" => None,
+            json => Some(
+                serde_json::from_str::<Value>(json)
+                    .map_err(|e| DecodeError::BadJson(e.to_string()))?,
+            ),
+        };
+        let packet = Packet {
+            kind,
+            nsp,
+            id,
+            data,
+            attachments,
+        };
+        check(&packet)?;
+        Ok(packet)
+    }
+
+    /// The shape rules of PROTOCOL.md §2, per packet type.
+    fn check(p: &Packet) -> Result<(), DecodeError> {
+        use DecodeError::BadPayload;
+        let no_id = || match p.id {
+            Some(_) => Err(DecodeError::BadAckId),
+            None => Ok(()),
+        };
+        match p.kind {
+            Kind::Connect => {
+                no_id()?;
+                match &p.data {
+                    None | Some(Value::Object(_)) => {}
+                    _ => return Err(BadPayload("CONNECT data must be an object")),
+                }
+            }
+            Kind::Disconnect => {
+                no_id()?;
+                if p.data.is_some() {
+                    return Err(BadPayload("DISCONNECT carries no data"));
+                }
+            }
+            Kind::ConnectError => {
+                no_id()?;
+                match &p.data {
+                    Some(Value::Object(_)) | Some(Value::String(_)) => {}
+                    _ => return Err(BadPayload("CONNECT_ERROR data must be an object")),
+                }
+            }
+            Kind::Event | Kind::BinaryEvent => match &p.data {
+                Some(Value::Array(a)) if a.first().is_some_and(Value::is_string) => {}
+                _ => {
+                    return Err(BadPayload(
+                        "EVENT data must be an array starting with a name",
+                    ))
+                }
+            },
+            Kind::Ack | Kind::BinaryAck => {
+                if p.id.is_none() {
+                    return Err(DecodeError::BadAckId);
+                }
+                if !matches!(p.data, Some(Value::Array(_))) {
+                    return Err(BadPayload("ACK data must be an array"));
+                }
+            }
+        }
+        if p.kind.is_binary() {
+            let mut seen = vec![false; p.attachments];
+            if let Some(data) = &p.data {
+                mark_placeholders(data, &mut seen)?;
+            }
+            if seen.iter().any(|s| !s) {
+                return Err(DecodeError::PlaceholderMismatch);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every placeholder must name an attachment, and each attachment exactly once.
+    fn mark_placeholders(v: &Value, seen: &mut [bool]) -> Result<(), DecodeError> {
+        match v {
+            Value::Array(items) => items.iter().try_for_each(|i| mark_placeholders(i, seen)),
+            Value::Object(map) => match placeholder_num(v) {
+                Some(n) => match seen.get_mut(n) {
+                    Some(slot) if !*slot => {
+                        *slot = true;
+                        Ok(())
+                    }
+                    _ => Err(DecodeError::PlaceholderMismatch),
+                },
+                None => map.values().try_for_each(|i| mark_placeholders(i, seen)),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    /// `{"_placeholder":true,"num":n}` → `Some(n)`.
+    pub fn placeholder_num(v: &Value) -> Option<usize> {
+        let map = v.as_object()?;
+        if map.len() == 2 && map.get("_placeholder") == Some(&Value::Bool(true)) {
+            return map.get("num")?.as_u64().map(|n| n as usize);
+        }
+        None
+    }
+
+    #[cfg(test)]
+    pub fn placeholder(num: usize) -> Value {
+        serde_json::json!({"_placeholder": true, "num": num})
+    }
+
+    /// Writes `<type>[<n>-][<nsp>,][<id>]`; the JSON follows.
+    pub fn write_head(
+        out: &mut Vec<u8>,
+        kind: Kind,
+        attachments: usize,
+        nsp: &str,
+        id: Option<u64>,
+    ) {
+        out.push(kind.digit());
+        if kind.is_binary() {
+            out.extend_from_slice(attachments.to_string().as_bytes());
+            out.push(b'-');
+        }
+        if nsp != "/" {
+            out.extend_from_slice(nsp.as_bytes());
+            out.push(b',');
+        }
+        if let Some(id) = id {
+            out.extend_from_slice(id.to_string().as_bytes());
+        }
+    }
+
+    /// The inverse of `decode` (the hub writes its packets with `write_head` directly).
+    #[allow(dead_code)] // used by the tests and the fuzz target
+    pub fn encode(p: &Packet, out: &mut Vec<u8>) {
+        write_head(out, p.kind, p.attachments, &p.nsp, p.id);
+        if let Some(data) = &p.data {
+            // Writing a Value into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, data);
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use serde_json::json;
+
+        fn packet(kind: Kind, nsp: &str, id: Option<u64>, data: Option<Value>, n: usize) -> Packet {
+            Packet {
+                kind,
+                nsp: nsp.into(),
+                id,
+                data,
+                attachments: n,
+            }
+        }
+
+        /// The examples of the socket.io-protocol v5 page, both ways.
+        #[test]
+        fn spec_examples_decode_and_encode_back() {
+            use Kind::*;
+            let ph = json!({"_placeholder": true, "num": 0});
+            for (text, p) in [
+                ("0", packet(Connect, "/", None, None, 0)),
+                (
+                    "0/admin,{\"sid\":\"oSO0OpakMV_3jnilAAAA\"}",
+                    packet(
+                        Connect,
+                        "/admin",
+                        None,
+                        Some(json!({"sid":"oSO0OpakMV_3jnilAAAA"})),
+                        0,
+                    ),
+                ),
+                (
+                    "0{\"token\":\"123\"}",
+                    packet(Connect, "/", None, Some(json!({"token":"123"})), 0),
+                ),
+                ("1/admin,", packet(Disconnect, "/admin", None, None, 0)),
+                (
+                    "2[\"foo\"]",
+                    packet(Event, "/", None, Some(json!(["foo"])), 0),
+                ),
+                (
+                    "2/admin,[\"bar\"]",
+                    packet(Event, "/admin", None, Some(json!(["bar"])), 0),
+                ),
+                (
+                    "212[\"foo\"]",
+                    packet(Event, "/", Some(12), Some(json!(["foo"])), 0),
+                ),
+                (
+                    "3/admin,13[\"bar\"]",
+                    packet(Ack, "/admin", Some(13), Some(json!(["bar"])), 0),
+                ),
+                (
+                    "4{\"message\":\"Not authorized\"}",
+                    packet(
+                        ConnectError,
+                        "/",
+                        None,
+                        Some(json!({"message":"Not authorized"})),
+                        0,
+                    ),
+                ),
+                (
+                    "51-[\"baz\",{\"_placeholder\":true,\"num\":0}]",
+                    packet(BinaryEvent, "/", None, Some(json!(["baz", ph])), 1),
+                ),
+                (
+                    "61-/admin,15[{\"_placeholder\":true,\"num\":0}]",
+                    packet(BinaryAck, "/admin", Some(15), Some(json!([ph])), 1),
+                ),
+            ] {
+                assert_eq!(decode(text, 10).as_ref(), Ok(&p), "{text}");
+                let mut out = Vec::new();
+                encode(&p, &mut out);
+                let expected = if text == "1/admin," { "1/admin," } else { text };
+                assert_eq!(String::from_utf8(out).unwrap(), expected);
+            }
+        }
+
+        #[test]
+        fn malformed_packets_are_refused_with_a_reason() {
+            use DecodeError::*;
+            for (text, err) in [
+                ("", UnknownType),
+                ("7", UnknownType),
+                ("2", BadPayload("EVENT data must be an array starting with a name")),
+                ("2{\"a\":1}", BadPayload("EVENT data must be an array starting with a name")),
+                ("2[]", BadPayload("EVENT data must be an array starting with a name")),
+                ("2[1]", BadPayload("EVENT data must be an array starting with a name")),
+                ("2[\"a\"", BadJson(String::new())),
+                ("3[\"a\"]", BadAckId),
+                ("399999999999999999999[1]", BadAckId),
+                ("01[]", BadAckId),
+                ("0[]", BadPayload("CONNECT data must be an object")),
+                ("1/a,{}", BadPayload("DISCONNECT carries no data")),
+                ("5[\"a\"]", BadAttachmentCount),
+                ("5x-[\"a\"]", BadAttachmentCount),
+                ("51-[\"a\"]", PlaceholderMismatch),
+                ("51-[\"a\",{\"_placeholder\":true,\"num\":1}]", PlaceholderMismatch),
+                ("52-[\"a\",{\"_placeholder\":true,\"num\":0},{\"_placeholder\":true,\"num\":0}]", PlaceholderMismatch),
+                ("599-[\"a\"]", TooManyAttachments(10)),
+                ("2admin,[\"a\"]", BadNamespace),
+            ] {
+                let got = decode(text, 10).unwrap_err();
+                match (&got, &err) {
+                    (BadJson(_), BadJson(_)) => {}
+                    _ => assert_eq!(got, err, "{text}"),
+                }
+                assert!(!got.to_string().is_empty());
+            }
+        }
+
+        /// Property: any packet we encode decodes to itself; no input panics the decoder.
+        #[test]
+        fn encode_then_decode_is_identity_and_junk_never_panics() {
+            let mut rng = crate::testutil::Rng(11);
+            let names = ["/", "/movies", "/a,b"];
+            for round in 0..2000 {
+                let kind = [Kind::Event, Kind::Ack, Kind::BinaryEvent, Kind::BinaryAck][round % 4];
+                let n = if kind.is_binary() {
+                    1 + rng.next() as usize % 3
+                } else {
+                    0
+                };
+                let mut items = vec![json!(format!("ev{}", rng.next() % 100))];
+                for num in 0..n {
+                    items.push(json!({"k": placeholder(num), "x": rng.next() % 1000}));
+                }
+                items.push(json!({"s": "é\"\\\n", "f": 1.5, "n": null, "b": [true, false]}));
+                let id =
+                    matches!(kind, Kind::Ack | Kind::BinaryAck).then(|| rng.next() % 1_000_000);
+                let nsp = names[rng.next() as usize % 2];
+                let p = packet(
+                    kind,
+                    nsp,
+                    id.or((round % 3 == 0).then_some(5)),
+                    Some(Value::Array(items)),
+                    n,
+                );
+                let mut out = Vec::new();
+                encode(&p, &mut out);
+                let text = String::from_utf8(out).unwrap();
+                assert_eq!(decode(&text, 10), Ok(p), "{text}");
+                // Mutations of a valid packet: truncations and byte flips never panic.
+                let cut = rng.next() as usize % (text.len() + 1);
+                if let Some(prefix) = text.get(..cut) {
+                    let _ = decode(prefix, 10);
+                }
+                let mut bytes = text.into_bytes();
+                let at = rng.next() as usize % bytes.len();
+                bytes[at] = rng.next() as u8;
+                if let Ok(s) = std::str::from_utf8(&bytes) {
+                    let _ = decode(s, 10);
+                }
+            }
+        }
+    }
+}
+
+// ───────────────────────────────────────────────────────────────────────────────────────────
+mod http {
+    //! The HTTP/1.1 front on `std::net`: request heads parsed by `httparse` (pure, fuzzable),
+    //! bodies by Content-Length, responses written head and body in one write, query strings,
+    //! CORS. Knows nothing of Engine.IO.
+    use std::io::{self, Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    #[derive(Debug, Clone)]
+    pub struct Limits {
+        pub max_head: usize,
+        pub max_line: usize,
+        pub max_body: usize,
+        pub header_timeout: Duration,
+        pub idle_timeout: Duration,
+    }
+
+    #[derive(Debug, Default, Clone)]
+    pub struct Request {
+        pub method: String,
+        pub path: String,
+        pub query: String,
+        /// Names lower-cased; values lossily decoded (invalid UTF-8 becomes U+FFFD).
+        pub headers: Vec<(String, String)>,
+        pub body: Vec<u8>,
+        pub keep_alive: bool,
+        pub content_length: usize,
+        /// The body was over the limit and was not read: answer 413 and close.
+        pub oversize: bool,
+    }
+
+    impl Request {
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        }
+        /// True when a comma-separated header holds `token` (case-insensitive).
+        pub fn header_has(&self, name: &str, token: &str) -> bool {
+            self.headers
+                .iter()
+                .filter(|(n, _)| n == name)
+                .any(|(_, v)| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        }
+        pub fn param(&self, name: &str) -> Option<String> {
+            query_param(&self.query, name)
+        }
+    }
+
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum HttpError {
+        /// The peer closed or went idle between requests: close without a word.
+        Closed,
+        /// Answer with this status and message, then close.
+        Status(u16, &'static str),
+    }
+
+    /// Parses a request head. `Ok(None)`: incomplete, read more. Pure.
+    pub fn parse_head(buf: &[u8], lim: &Limits) -> Result<Option<(Request, usize)>, HttpError> {
+        let line_end = buf.windows(2).position(|w| w == b"\r\n");
+        if line_end.unwrap_or(buf.len()) > lim.max_line {
+            return Err(HttpError::Status(414, "request line too long"));
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 48];
+        let mut req = httparse::Request::new(&mut headers);
+        let n = match req.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if buf.len() > lim.max_head => {
+                return Err(HttpError::Status(431, "request header fields too large"))
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(HttpError::Status(431, "too many header fields"))
+            }
+            Err(_) => return Err(HttpError::Status(400, "malformed HTTP request")),
+        };
+        if n > lim.max_head {
+            return Err(HttpError::Status(431, "request header fields too large"));
+        }
+        let target = req.path.unwrap_or("/");
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let mut r = Request {
+            method: req.method.unwrap_or("").to_string(),
+            path: path.to_string(),
+            query: query.to_string(),
+            ..Default::default()
+        };
+        for h in req.headers.iter() {
+            r.headers.push((
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            ));
+        }
+        let http10 = req.version == Some(0);
+        r.keep_alive = if http10 {
+            r.header_has("connection", "keep-alive")
+        } else {
+            !r.header_has("connection", "close")
+        };
+        if r.header("transfer-encoding").is_some() {
+            return Err(HttpError::Status(
+                501,
+                "chunked request bodies are not supported; send Content-Length",
+            ));
+        }
+        if let Some(cl) = r.header("content-length") {
+            r.content_length = cl
+                .trim()
+                .parse()
+                .map_err(|_| HttpError::Status(400, "bad Content-Length"))?;
+        }
+        Ok(Some((r, n)))
+    }
+
+    /// Reads one request (head and body) from the connection. Bytes after it stay in `buf`
+    /// (a pipelined request, or the first WebSocket frames after an upgrade request).
+    pub fn read_request(
+        stream: &TcpStream,
+        buf: &mut Vec<u8>,
+        lim: &Limits,
+    ) -> Result<Request, HttpError> {
+        let mut started: Option<Instant> = (!buf.is_empty()).then(Instant::now);
+        let mut chunk = [0u8; 4096];
+        let (mut req, head_len) = loop {
+            if !buf.is_empty() {
+                if let Some(found) = parse_head(buf, lim)? {
+                    break found;
+                }
+            }
+            // EIO: an idle keep-alive connection gets idle_timeout; a started head must be
+            // whole within header_timeout (slowloris).
+            let timeout = match started {
+                None => lim.idle_timeout,
+                Some(t) => lim
+                    .header_timeout
+                    .checked_sub(t.elapsed())
+                    .ok_or(HttpError::Status(408, "request head timed out"))?,
+            };
+            let _ = stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1))));
+            match (&*stream).read(&mut chunk) {
+                Ok(0) => return Err(HttpError::Closed),
+                Ok(n) => {
+                    started.get_or_insert_with(Instant::now);
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if started.is_some() && is_timeout(&e) => {
+                    return Err(HttpError::Status(408, "request head timed out"))
+                }
+                Err(_) => return Err(HttpError::Closed),
+            }
+        };
+        buf.drain(..head_len);
+        if req.content_length > lim.max_body {
+            req.oversize = true;
+            req.keep_alive = false;
+            return Ok(req);
+        }
+        let deadline = Instant::now() + lim.header_timeout;
+        while buf.len() < req.content_length {
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .ok_or(HttpError::Status(408, "request body timed out"))?;
+            let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+            match (&*stream).read(&mut chunk) {
+                Ok(0) => return Err(HttpError::Closed),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => {
+                    return Err(HttpError::Status(408, "request body timed out"))
+                }
+                Err(_) => return Err(HttpError::Closed),
+            }
+        }
+        req.body = buf.drain(..req.content_length).collect();
+        Ok(req)
+    }
+
+    fn is_timeout(e: &io::Error) -> bool {
+        matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        )
+    }
+
+    pub fn reason(status: u16) -> &'static str {
+        match status {
+            101 => "Switching Protocols",
+            200 => "OK",
+            204 => "No Content",
+            400 => "Bad Request",
+            403 => "Forbidden",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            408 => "Request Timeout",
+            413 => "Payload Too Large",
+            414 => "URI Too Long",
+            431 => "Request Header Fields Too Large",
+            501 => "Not Implemented",
+            503 => "Service Unavailable",
+            _ => "Unknown",
+        }
+    }
+
+    /// The response head; the caller appends the body (or streams it).
+    pub fn head(
+        status: u16,
+        headers: &[(&str, &str)],
+        body_len: Option<usize>,
+        keep_alive: bool,
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", reason(status)).as_bytes());
+        for (name, value) in headers {
+            out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        }
+        if let Some(len) = body_len {
+            out.extend_from_slice(format!("Content-Length: {len}\r\n").as_bytes());
+        }
+        out.extend_from_slice(if keep_alive {
+            b"Connection: keep-alive\r\n\r\n"
+        } else {
+            b"Connection: close\r\n\r\n"
+        });
+        out
+    }
+
+    /// Writes head and body in one write (one segment with TCP_NODELAY, no 40 ms stall).
+    pub fn respond(
+        stream: &TcpStream,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        keep_alive: bool,
+    ) -> io::Result<()> {
+        let mut out = head(status, headers, Some(body.len()), keep_alive);
+        out.extend_from_slice(body);
+        (&*stream).write_all(&out)
+    }
+
+    pub fn query_param(query: &str, name: &str) -> Option<String> {
+        query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k) == name).then(|| percent_decode(v))
+        })
+    }
+
+    pub fn percent_decode(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(high), Some(low)) => {
+                        out.push(high << 4 | low);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                },
+                b'+' => out.push(b' '),
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn hex(c: u8) -> Option<u8> {
+        (c as char).to_digit(16).map(|d| d as u8)
+    }
+
+    /// True for a value safe to echo into a response header (visible ASCII, no CR/LF).
+    pub fn header_safe(v: &str) -> bool {
+        !v.is_empty() && v.len() <= 256 && v.bytes().all(|c| (0x21..0x7f).contains(&c) || c == b' ')
+    }
+
+    /// CORS: `Err(())` when the Origin is not allowed; otherwise the headers to add. `allowed`
+    /// empty means the server's own origin (from Host) and `null` (a page opened from disk).
+    pub fn cors(
+        origin: Option<&str>,
+        host: Option<&str>,
+        allowed: &[String],
+    ) -> Result<Vec<(&'static str, String)>, ()> {
+        let Some(origin) = origin else {
+            return Ok(Vec::new());
+        };
+        let ok = if allowed.iter().any(|a| a == "*") {
+            header_safe(origin)
+        } else if allowed.is_empty() {
+            origin == "null"
+                || host.is_some_and(|h| {
+                    origin == format!("http://{h}") || origin == format!("https://{h}")
+                })
+        } else {
+            allowed.iter().any(|a| a == origin)
+        };
+        if !ok || !header_safe(origin) {
+            return Err(());
+        }
+        Ok(vec![
+            ("Access-Control-Allow-Origin", origin.to_string()),
+            ("Access-Control-Allow-Credentials", "true".into()),
+            ("Vary", "Origin".into()),
+        ])
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn lim() -> Limits {
+            Limits {
+                max_head: 1024,
+                max_line: 256,
+                max_body: 100,
+                header_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(1),
+            }
+        }
+
+        #[test]
+        fn parses_heads_and_refuses_what_it_must() {
+            let input = b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: a\r\nOrigin: null\r\n\r\nrest";
+            let (r, n) = parse_head(input, &lim()).unwrap().unwrap();
+            assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/socket.io/"));
+            assert_eq!(r.param("transport").as_deref(), Some("polling"));
+            assert_eq!(r.header("origin"), Some("null"));
+            assert!(r.keep_alive);
+            assert_eq!(&input[n..], b"rest");
+            assert!(matches!(
+                parse_head(b"GET / HTTP/1.1\r\nHost:", &lim()),
+                Ok(None)
+            ));
+            let long_line = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(300));
+            for (input, status) in [
+                (long_line.into_bytes(), 414),
+                (
+                    format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(2000)).into_bytes(),
+                    431,
+                ),
+                (b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n".to_vec(), 400),
+                (
+                    b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+                    501,
+                ),
+                (b"\x00\x01\x02\r\n\r\n".to_vec(), 400),
+                (
+                    (0..60)
+                        .map(|i| format!("H{i}: v\r\n"))
+                        .fold("GET / HTTP/1.1\r\n".to_string(), |a, b| a + &b)
+                        .into_bytes(),
+                    431,
+                ),
+            ] {
+                match parse_head(&input, &lim()) {
+                    Err(HttpError::Status(s, _)) => assert_eq!(s, status),
+                    other => panic!("expected {status}, got {other:?}"),
+                }
+            }
+        }
+
+        #[test]
+        fn query_values_are_percent_decoded() {
+            assert_eq!(
+                query_param("a=1&sid=x%2Fy+z&b", "sid").as_deref(),
+                Some("x/y z")
+            );
+            assert_eq!(query_param("b", "b").as_deref(), Some(""));
+            assert_eq!(percent_decode("%zz%4"), "%zz%4");
+            assert_eq!(percent_decode("%E2%82%AC"), "€");
+        }
+
+        #[test]
+        fn cors_allows_same_origin_and_null_by_default_and_never_echoes_junk() {
+            let none: Vec<String> = vec![];
+            assert_eq!(cors(None, Some("h:1"), &none), Ok(vec![]));
+            assert!(cors(Some("http://h:1"), Some("h:1"), &none).is_ok());
+            assert!(cors(Some("null"), Some("h:1"), &none).is_ok());
+            assert!(cors(Some("http://evil"), Some("h:1"), &none).is_err());
+            let any = vec!["*".to_string()];
+            assert!(cors(Some("http://evil"), None, &any).is_ok());
+            assert!(cors(Some("http://e\u{fffd}vil"), None, &any).is_err());
+            let listed = vec!["http://a".to_string()];
+            assert!(cors(Some("http://a"), None, &listed).is_ok());
+            assert!(cors(Some("null"), None, &listed).is_err());
+        }
+
+        /// Property: no byte string panics the head parser.
+        #[test]
+        fn junk_never_panics_the_parser() {
+            let mut rng = crate::testutil::Rng(3);
+            let seed = b"POST /socket.io/?EIO=4&sid=a HTTP/1.1\r\nContent-Length: 3\r\nOrigin: x\r\n\r\nabc";
+            for _ in 0..5000 {
+                let mut input = seed.to_vec();
+                for _ in 0..(rng.next() % 6) {
+                    let at = rng.next() as usize % input.len();
+                    input[at] = rng.next() as u8;
+                }
+                input.truncate(rng.next() as usize % (input.len() + 1));
+                let _ = parse_head(&input, &lim());
+                let _ = percent_decode(&String::from_utf8_lossy(&input));
+            }
+        }
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: a handler that panicked must not take every other
+/// session down with it (the state it guards stays consistent between statements).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// New unguessable id: 122 random bits (UUID v4), 32 hex digits.
+fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+// ───────────────────────────────────────────────────────────────────────────────────────────
+mod engine {
+    //! Engine.IO sessions: the session table, the polling / WebSocket / SSE transports, the
+    //! upgrade, the heartbeat, the WebSocket write path, and `Engine::close`, the one place a
+    //! session ends. Knows nothing of Socket.IO: it hands messages to a `Handler`.
+    use crate::config::Config;
+    use crate::eio::{self, Out, Packet};
+    use crate::http::{self, Request};
+    use crate::{lock, log, new_id, DEBUG, INFO, WARN};
+    use std::any::Any;
+    use std::cmp::Ordering as CmpOrdering;
+    use std::collections::{BinaryHeap, HashMap, VecDeque};
+    use std::io::{self, Read, Write};
+    use std::net::{Shutdown, TcpStream};
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+    use std::time::{Duration, Instant};
+    use tungstenite::protocol::{Role, WebSocketConfig};
+    use tungstenite::{Message as WsMessage, WebSocket};
+
+    // ── Timers: one thread runs every deadline (pings, pong checks, connect and ack timeouts).
+
+    pub struct Timers {
+        heap: Mutex<BinaryHeap<Timer>>,
+        wake: Condvar,
+        seq: AtomicU64,
+    }
+
+    struct Timer {
+        at: Instant,
+        seq: u64,
+        run: Box<dyn FnOnce() + Send>,
+    }
+    impl PartialEq for Timer {
+        fn eq(&self, other: &Self) -> bool {
+            (self.at, self.seq) == (other.at, other.seq)
+        }
+    }
+    impl Eq for Timer {}
+    impl PartialOrd for Timer {
+        fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+            Some(self.cmp(other))
+        }
+    }
+    impl Ord for Timer {
+        // Reversed: BinaryHeap is a max-heap and the earliest deadline must come out first.
+        fn cmp(&self, other: &Self) -> CmpOrdering {
+            (other.at, other.seq).cmp(&(self.at, self.seq))
+        }
+    }
+
+    impl Timers {
+        pub fn start() -> Arc<Timers> {
+            let timers = Arc::new(Timers {
+                heap: Mutex::new(BinaryHeap::new()),
+                wake: Condvar::new(),
+                seq: AtomicU64::new(0),
+            });
+            let t = timers.clone();
+            std::thread::Builder::new()
+                .name("timers".into())
+                .spawn(move || t.run())
+                .expect("the timers thread starts at boot, before any client");
+            timers
+        }
+
+        pub fn at(&self, at: Instant, run: impl FnOnce() + Send + 'static) {
+            let timer = Timer {
+                at,
+                seq: self.seq.fetch_add(1, Ordering::Relaxed),
+                run: Box::new(run),
+            };
+            let mut heap = lock(&self.heap);
+            let earliest = heap.peek().is_none_or(|t| at < t.at);
+            heap.push(timer);
+            if earliest {
+                self.wake.notify_one();
+            }
+        }
+
+        pub fn after(&self, delay: Duration, run: impl FnOnce() + Send + 'static) {
+            self.at(Instant::now() + delay, run)
+        }
+
+        fn run(&self) {
+            let mut heap = lock(&self.heap);
+            loop {
+                let now = Instant::now();
+                let mut due = Vec::new();
+                while heap.peek().is_some_and(|t| t.at <= now) {
+                    due.extend(heap.pop());
+                }
+                if due.is_empty() {
+                    let wait = heap
+                        .peek()
+                        .map_or(Duration::from_secs(3600), |t| t.at - now);
+                    heap = self
+                        .wake
+                        .wait_timeout(heap, wait)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                    continue;
+                }
+                drop(heap);
+                for timer in due {
+                    // A panicking callback (an app ack handler) must not stop every heartbeat.
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(timer.run)).is_err() {
+                        log!(
+                            crate::ERROR,
+                            "a timer callback panicked; the timers thread goes on"
+                        );
+                    }
+                }
+                heap = lock(&self.heap);
+            }
+        }
+    }
+
+    // ── The WebSocket write path: senders write whole frames straight to the socket without
+    // blocking; what the kernel will not take waits in a bounded backlog drained by a writer
+    // thread that exists only while the backlog does.
+
+    #[derive(Clone)]
+    pub enum Chunk {
+        Out(Arc<Out>),
+        Raw(Arc<[u8]>),
+    }
+    impl Chunk {
+        fn bytes(&self) -> &[u8] {
+            match self {
+                Chunk::Out(o) => o.ws_frame(),
+                Chunk::Raw(r) => r,
+            }
+        }
+    }
+
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum SendError {
+        Closed,
+        Full(&'static str),
+    }
+
+    static WRITERS: AtomicUsize = AtomicUsize::new(0);
+
+    pub struct WsConn {
+        tcp: Arc<TcpStream>,
+        backlog: Mutex<Backlog>,
+        max_bytes: usize,
+        max_writers: usize,
+    }
+
+    #[derive(Default)]
+    struct Backlog {
+        /// Unsent chunks; the first may be partly sent (its offset beside it).
+        chunks: VecDeque<(Chunk, usize)>,
+        bytes: usize,
+        closed: bool,
+    }
+
+    /// `send(2)` without blocking: `Ok(bytes written)`, stopping early when the buffer is full.
+    fn send_nonblocking(fd: i32, data: &[u8]) -> io::Result<usize> {
+        let mut done = 0;
+        while done < data.len() {
+            // SAFETY: the pointer and length describe a live slice; the fd is owned by a
+            // TcpStream that outlives this call.
+            let n = unsafe {
+                libc::send(
+                    fd,
+                    data[done..].as_ptr().cast(),
+                    data.len() - done,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n >= 0 {
+                done += n as usize;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => break,
+                io::ErrorKind::Interrupted => continue,
+                _ => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    /// One blocking `send(2)`; the writer thread's only IO.
+    fn send_blocking(fd: i32, data: &[u8]) -> io::Result<usize> {
+        loop {
+            // SAFETY: as in send_nonblocking.
+            let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    impl WsConn {
+        pub fn new(tcp: Arc<TcpStream>, cfg: &Config) -> Arc<WsConn> {
+            Arc::new(WsConn {
+                tcp,
+                backlog: Mutex::default(),
+                max_bytes: cfg.max_queue_bytes,
+                max_writers: cfg.max_writers,
+            })
+        }
+
+        pub fn send(self: &Arc<Self>, chunk: Chunk) -> Result<(), SendError> {
+            let mut b = lock(&self.backlog);
+            if b.closed {
+                return Err(SendError::Closed);
+            }
+            let len = chunk.bytes().len();
+            if !b.chunks.is_empty() {
+                b.bytes += len;
+                b.chunks.push_back((chunk, 0));
+                return match b.bytes > self.max_bytes {
+                    true => Err(SendError::Full("send backlog full (client not reading)")),
+                    false => Ok(()),
+                };
+            }
+            let sent = match send_nonblocking(self.tcp.as_raw_fd(), chunk.bytes()) {
+                Ok(n) => n,
+                Err(_) => {
+                    b.closed = true;
+                    let _ = self.tcp.shutdown(Shutdown::Both);
+                    return Err(SendError::Closed);
+                }
+            };
+            if sent == len {
+                return Ok(());
+            }
+            b.bytes = len - sent;
+            b.chunks.push_back((chunk, sent));
+            if WRITERS.fetch_add(1, Ordering::Relaxed) >= self.max_writers {
+                WRITERS.fetch_sub(1, Ordering::Relaxed);
+                return Err(SendError::Full(
+                    "too many slow consumers at once (--max-writers)",
+                ));
+            }
+            let me = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("ws-writer".into())
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    me.drain();
+                    WRITERS.fetch_sub(1, Ordering::Relaxed);
+                });
+            if spawned.is_err() {
+                WRITERS.fetch_sub(1, Ordering::Relaxed);
+                return Err(SendError::Full("could not start a writer thread"));
+            }
+            Ok(())
+        }
+
+        /// The writer thread: sends the backlog's head with blocking writes, never holding the
+        /// lock across one, and ends when the backlog is empty or the connection closed.
+        fn drain(&self) {
+            let fd = self.tcp.as_raw_fd();
+            loop {
+                let (chunk, offset) = {
+                    let mut b = lock(&self.backlog);
+                    match b.chunks.front() {
+                        Some((c, off)) if !b.closed => (c.clone(), *off),
+                        _ => {
+                            b.chunks.clear();
+                            b.bytes = 0;
+                            return;
+                        }
+                    }
+                };
+                let result = send_blocking(fd, &chunk.bytes()[offset..]);
+                let mut b = lock(&self.backlog);
+                match result {
+                    Ok(n) => {
+                        b.bytes -= n.min(b.bytes);
+                        let len = chunk.bytes().len();
+                        if let Some(front) = b.chunks.front_mut() {
+                            front.1 += n;
+                            if front.1 >= len {
+                                b.chunks.pop_front();
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        b.closed = true;
+                        let _ = self.tcp.shutdown(Shutdown::Both);
+                    }
+                }
+            }
+        }
+
+        /// Ends the connection: optionally a last frame (Engine.IO close + WebSocket close)
+        /// if the socket takes it now, then shutdown, which also wakes its reader.
+        pub fn close(&self, last: Option<&[u8]>) {
+            let mut b = lock(&self.backlog);
+            if !b.closed && b.chunks.is_empty() {
+                if let Some(bytes) = last {
+                    let _ = send_nonblocking(self.tcp.as_raw_fd(), bytes);
+                }
+            }
+            b.closed = true;
+            drop(b);
+            let _ = self.tcp.shutdown(Shutdown::Both);
+        }
+
+        /// The peer closed: no more frames of ours may follow.
+        fn mark_closed(&self) {
+            lock(&self.backlog).closed = true;
+        }
+    }
+
+    /// The stream tungstenite reads from: reads come off the socket; its own writes (pong and
+    /// close replies) go through the same write path as ours, so frames never interleave.
+    struct WsIo {
+        tcp: Arc<TcpStream>,
+        conn: Arc<WsConn>,
+    }
+    impl Read for WsIo {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            (&*self.tcp).read(buf)
+        }
+    }
+    impl Write for WsIo {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            match self.conn.send(Chunk::Raw(buf.into())) {
+                Ok(()) => Ok(buf.len()),
+                Err(_) => Err(io::ErrorKind::BrokenPipe.into()),
+            }
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+        let mut f = vec![0x88, (2 + reason.len()) as u8];
+        f.extend_from_slice(&code.to_be_bytes());
+        f.extend_from_slice(reason.as_bytes());
+        f
+    }
+
+    // ── Sessions.
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Transport {
+        Polling,
+        WebSocket,
+        Sse,
+    }
+    impl Transport {
+        pub fn name(self) -> &'static str {
+            match self {
+                Transport::Polling => "polling",
+                Transport::WebSocket => "websocket",
+                Transport::Sse => "sse",
+            }
+        }
+    }
+
+    pub struct Session {
+        pub sid: String,
+        /// The app's session cookie value (a UUID), if the engine sets one.
+        pub cookie: Option<String>,
+        /// Whether the client sent that cookie (false: it was issued by this handshake).
+        pub cookie_given: bool,
+        pub peer: String,
+        engine: Weak<Engine>,
+        state: Mutex<State>,
+        wake: Condvar,
+        /// The layer above keeps its per-session state here.
+        pub ext: OnceLock<Box<dyn Any + Send + Sync>>,
+    }
+
+    struct State {
+        transport: Transport,
+        closed: Option<String>,
+        /// Outbound packets for polling and SSE (and for WebSocket while an upgrade runs).
+        queue: VecDeque<Arc<Out>>,
+        queued_bytes: usize,
+        /// The WebSocket, once upgraded (or while probing an upgrade).
+        ws: Option<Arc<WsConn>>,
+        upgrading: bool,
+        poll_waiting: bool,
+        ping_seq: u64,
+        awaiting_pong: bool,
+        sse: SseLog,
+    }
+
+    /// SSE event ids and the packets kept for `Last-Event-ID` resume.
+    #[derive(Default)]
+    struct SseLog {
+        next_id: u64,
+        sent: VecDeque<(u64, Arc<Out>)>,
+        /// Bumped by each new stream: an older stream thread sees it and ends.
+        stream: u64,
+    }
+
+    fn shared(cell: &'static OnceLock<Arc<Out>>, text: &str) -> Arc<Out> {
+        cell.get_or_init(|| Out::text(text)).clone()
+    }
+    static PING: OnceLock<Arc<Out>> = OnceLock::new();
+    static NOOP: OnceLock<Arc<Out>> = OnceLock::new();
+    static CLOSE: OnceLock<Arc<Out>> = OnceLock::new();
+
+    impl Session {
+        /// Queues packets in order, as one unit (a Socket.IO packet and its attachments must
+        /// not interleave with another sender's). Never blocks; a full queue closes the session.
+        pub fn send_all(self: &Arc<Self>, packets: &[Arc<Out>]) {
+            let overflow = {
+                let mut st = lock(&self.state);
+                if st.closed.is_some() {
+                    return;
+                }
+                match (&st.ws, st.transport) {
+                    (Some(ws), Transport::WebSocket) => packets
+                        .iter()
+                        .try_for_each(|p| ws.send(Chunk::Out(p.clone())))
+                        .err()
+                        .map(|e| match e {
+                            SendError::Full(why) => why,
+                            SendError::Closed => "transport error",
+                        }),
+                    _ => {
+                        st.queue.extend(packets.iter().cloned());
+                        st.queued_bytes += packets.iter().map(|p| p.payload().len()).sum::<usize>();
+                        self.wake.notify_all();
+                        let cfg = self.engine.upgrade().map(|e| e.cfg.clone());
+                        cfg.and_then(|c| {
+                            (st.queue.len() > c.max_queue_packets
+                                || st.queued_bytes > c.max_queue_bytes)
+                                .then_some("outbound queue full (client not reading)")
+                        })
+                    }
+                }
+            };
+            if let Some(reason) = overflow {
+                self.close(reason);
+            }
+        }
+
+        pub fn close(self: &Arc<Self>, reason: &str) {
+            if let Some(engine) = self.engine.upgrade() {
+                engine.close(self, reason);
+            }
+        }
+
+        pub fn transport(&self) -> Transport {
+            lock(&self.state).transport
+        }
+
+        pub fn is_closed(&self) -> bool {
+            lock(&self.state).closed.is_some()
+        }
+    }
+
+    // ── The engine.
+
+    pub enum Message<'a> {
+        Text(&'a str),
+        Binary(&'a [u8]),
+    }
+
+    /// What the layer above (Socket.IO, or the raw echo) does with a session.
+    pub trait Handler: Send + Sync {
+        fn open(&self, session: &Arc<Session>);
+        /// `Err(reason)` is a protocol error: the session is closed with that reason.
+        fn message(&self, session: &Arc<Session>, msg: Message) -> Result<(), String>;
+        fn close(&self, session: &Arc<Session>, reason: &str);
+    }
+
+    pub struct Engine {
+        pub cfg: Arc<Config>,
+        pub timers: Arc<Timers>,
+        sessions: Mutex<HashMap<String, Arc<Session>>>,
+        handler: Arc<dyn Handler>,
+        /// Name of the cookie set on the handshake (PROTOCOL.md §4), if any.
+        cookie: Option<&'static str>,
+        me: Weak<Engine>,
+    }
+
+    /// What the connection does after a request: keep reading requests, or end.
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum Next {
+        KeepAlive,
+        Close,
+    }
+
+    /// The Engine.IO error table (PROTOCOL.md §1).
+    fn error_message(code: u8) -> &'static str {
+        match code {
+            0 => "Transport unknown",
+            1 => "Session ID unknown",
+            2 => "Bad handshake method",
+            3 => "Bad request",
+            4 => "Forbidden",
+            _ => "Unsupported protocol version",
+        }
+    }
+
+    /// Per-request context: the connection and the CORS headers its answers carry.
+    pub struct Conn<'a> {
+        pub tcp: &'a Arc<TcpStream>,
+        pub peer: &'a str,
+        pub leftover: &'a mut Vec<u8>,
+    }
+
+    impl Engine {
+        pub fn new(
+            cfg: Arc<Config>,
+            timers: Arc<Timers>,
+            handler: Arc<dyn Handler>,
+            cookie: Option<&'static str>,
+        ) -> Arc<Engine> {
+            Arc::new_cyclic(|me| Engine {
+                cfg,
+                timers,
+                sessions: Mutex::default(),
+                handler,
+                cookie,
+                me: me.clone(),
+            })
+        }
+
+        pub fn sessions(&self) -> Vec<Arc<Session>> {
+            lock(&self.sessions).values().cloned().collect()
+        }
+
+        fn get(&self, sid: &str) -> Option<Arc<Session>> {
+            lock(&self.sessions).get(sid).cloned()
+        }
+
+        fn error(&self, c: &Conn, cors: &[(&str, &str)], code: u8, keep_alive: bool) -> Next {
+            let status = if code == 4 { 403 } else { 400 };
+            let body = format!(
+                "{{\"code\":{code},\"message\":\"{}\"}}",
+                error_message(code)
+            );
+            let mut headers = vec![("Content-Type", "application/json")];
+            headers.extend_from_slice(cors);
+            log!(DEBUG, "{} answered {status} code {code}", c.peer);
+            match http::respond(c.tcp, status, &headers, body.as_bytes(), keep_alive) {
+                Ok(()) if keep_alive => Next::KeepAlive,
+                _ => Next::Close,
+            }
+        }
+
+        /// Serves one request on this engine's path.
+        pub fn serve(&self, req: &Request, c: &mut Conn) -> Next {
+            let cors_owned = match http::cors(
+                req.header("origin"),
+                req.header("host"),
+                &self.cfg.allowed_origins,
+            ) {
+                Ok(h) => h,
+                Err(()) => {
+                    log!(
+                        WARN,
+                        "{} refused: origin {:?} not allowed",
+                        c.peer,
+                        req.header("origin").filter(|o| http::header_safe(o))
+                    );
+                    return self.error(c, &[], 4, false);
+                }
+            };
+            let cors: Vec<(&str, &str)> =
+                cors_owned.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let keep_alive = req.keep_alive && !req.oversize;
+            if req.method == "OPTIONS" {
+                let mut h = cors.clone();
+                h.push(("Access-Control-Allow-Methods", "GET, POST, OPTIONS"));
+                h.push((
+                    "Access-Control-Allow-Headers",
+                    "content-type, last-event-id",
+                ));
+                let _ = http::respond(c.tcp, 204, &h, b"", keep_alive);
+                return if keep_alive {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                };
+            }
+            if req.param("EIO").as_deref() != Some("4") {
+                return self.error(c, &cors, 5, keep_alive);
+            }
+            let transport = match req.param("transport").as_deref() {
+                Some("polling") => Transport::Polling,
+                Some("websocket") => Transport::WebSocket,
+                Some("sse") => Transport::Sse,
+                _ => return self.error(c, &cors, 0, keep_alive),
+            };
+            let wants_ws = req.header_has("upgrade", "websocket");
+            if wants_ws != (transport == Transport::WebSocket) {
+                return self.error(c, &cors, 3, keep_alive);
+            }
+            let Some(sid) = req.param("sid") else {
+                if let (Transport::Sse, Some(last)) = (transport, req.header("last-event-id")) {
+                    return self.sse_resume(req, c, &cors, last);
+                }
+                if req.method != "GET" {
+                    return self.error(c, &cors, 2, keep_alive);
+                }
+                return self.handshake(req, c, &cors, transport);
+            };
+            let Some(s) = self.get(&sid) else {
+                return self.error(c, &cors, 1, keep_alive);
+            };
+            let current = s.transport();
+            match (transport, req.method.as_str()) {
+                (Transport::WebSocket, "GET") => self.websocket(req, c, &cors, Some(s)),
+                (Transport::Polling, "GET") if current == Transport::Polling => {
+                    self.poll(&s, c, &cors, keep_alive)
+                }
+                (t, "POST") if t == current && t != Transport::WebSocket => {
+                    self.post(&s, req, c, &cors)
+                }
+                _ => self.error(c, &cors, 3, keep_alive),
+            }
+        }
+
+        fn open_packet(&self, sid: &str, transport: Transport) -> Arc<Out> {
+            let upgrades = if transport == Transport::WebSocket {
+                "[]"
+            } else {
+                "[\"websocket\"]"
+            };
+            Out::text(&format!(
+                "0{{\"sid\":\"{sid}\",\"upgrades\":{upgrades},\"pingInterval\":{},\"pingTimeout\":{},\"maxPayload\":{}}}",
+                self.cfg.ping_interval.as_millis(),
+                self.cfg.ping_timeout.as_millis(),
+                self.cfg.max_payload
+            ))
+        }
+
+        /// The session cookie: the request's if it carries a valid one, else a new one (and
+        /// the `Set-Cookie` header that sets it).
+        fn session_cookie(&self, req: &Request) -> (Option<String>, Option<String>) {
+            let Some(name) = self.cookie else {
+                return (None, None);
+            };
+            let given = req.header("cookie").and_then(|all| {
+                all.split(';').find_map(|kv| {
+                    let (k, v) = kv.trim().split_once('=')?;
+                    (k == name && uuid::Uuid::parse_str(v).is_ok()).then(|| v.to_string())
+                })
+            });
+            match given {
+                Some(v) => (Some(v), None),
+                None => {
+                    let v = uuid::Uuid::new_v4().to_string();
+                    let set = format!("{name}={v}; Path=/; HttpOnly; SameSite=Lax");
+                    (Some(v), Some(set))
+                }
+            }
+        }
+
+        fn handshake(
+            &self,
+            req: &Request,
+            c: &mut Conn,
+            cors: &[(&str, &str)],
+            transport: Transport,
+        ) -> Next {
+            if transport == Transport::WebSocket {
+                return self.websocket(req, c, cors, None);
+            }
+            let (cookie, set_cookie) = self.session_cookie(req);
+            let given = set_cookie.is_none();
+            let s = self.create(transport, (cookie, given), c.peer, None);
+            let open = self.open_packet(&s.sid, transport);
+            let mut headers = cors.to_vec();
+            if let Some(set) = &set_cookie {
+                headers.push(("Set-Cookie", set));
+            }
+            match transport {
+                Transport::Polling => {
+                    headers.push(("Content-Type", "text/plain; charset=UTF-8"));
+                    let next =
+                        match http::respond(c.tcp, 200, &headers, open.payload(), req.keep_alive) {
+                            Ok(()) if req.keep_alive => Next::KeepAlive,
+                            _ => Next::Close,
+                        };
+                    self.handler.open(&s);
+                    next
+                }
+                _ => {
+                    s.send_all(&[open]);
+                    self.handler.open(&s);
+                    self.sse_stream(&s, c, &headers, None)
+                }
+            }
+        }
+
+        /// Registers a new session and starts its heartbeat and bookkeeping.
+        fn create(
+            &self,
+            transport: Transport,
+            cookie: (Option<String>, bool),
+            peer: &str,
+            ws: Option<Arc<WsConn>>,
+        ) -> Arc<Session> {
+            let s = Arc::new(Session {
+                sid: new_id(),
+                cookie: cookie.0,
+                cookie_given: cookie.1,
+                peer: peer.to_string(),
+                engine: self.me.clone(),
+                state: Mutex::new(State {
+                    transport,
+                    closed: None,
+                    queue: VecDeque::new(),
+                    queued_bytes: 0,
+                    ws,
+                    upgrading: false,
+                    poll_waiting: false,
+                    ping_seq: 0,
+                    awaiting_pong: false,
+                    sse: SseLog::default(),
+                }),
+                wake: Condvar::new(),
+                ext: OnceLock::new(),
+            });
+            lock(&self.sessions).insert(s.sid.clone(), s.clone());
+            self.schedule_ping(&s, Instant::now() + self.cfg.ping_interval);
+            log!(INFO, "open {} {} from {}", s.sid, transport.name(), peer);
+            s
+        }
+
+        // ── Heartbeat. EIO4: the server pings every pingInterval counted from the handshake;
+        // the pong deadline starts when the ping is queued; no grace period.
+
+        fn schedule_ping(&self, s: &Arc<Session>, at: Instant) {
+            let (session, engine) = (Arc::downgrade(s), self.me.clone());
+            self.timers.at(at, move || {
+                if let (Some(s), Some(e)) = (session.upgrade(), engine.upgrade()) {
+                    e.ping(&s, at);
+                }
+            });
+        }
+
+        fn ping(&self, s: &Arc<Session>, due: Instant) {
+            let seq = {
+                let mut st = lock(&s.state);
+                if st.closed.is_some() {
+                    return;
+                }
+                st.ping_seq += 1;
+                st.awaiting_pong = true;
+                st.ping_seq
+            };
+            s.send_all(&[shared(&PING, "2")]);
+            let (session, engine) = (Arc::downgrade(s), self.me.clone());
+            self.timers.after(self.cfg.ping_timeout, move || {
+                let (Some(s), Some(e)) = (session.upgrade(), engine.upgrade()) else {
+                    return;
+                };
+                let late = {
+                    let st = lock(&s.state);
+                    st.awaiting_pong && st.ping_seq == seq
+                };
+                if late {
+                    e.close(&s, "ping timeout");
+                }
+            });
+            self.schedule_ping(s, due + self.cfg.ping_interval);
+        }
+
+        // ── Inbound packets, whatever the transport.
+
+        /// A text packet from any transport. The common case, a message, is handed up
+        /// without copying.
+        fn on_text(&self, s: &Arc<Session>, text: &str) -> Result<(), String> {
+            match text.as_bytes().first() {
+                Some(b'4') => self.handler.message(s, Message::Text(&text[1..])),
+                _ => self.on_packet(s, eio::decode(text).map_err(|e| e.to_string())?),
+            }
+        }
+
+        fn on_packet(&self, s: &Arc<Session>, p: Packet) -> Result<(), String> {
+            match p {
+                Packet::Message(text) => self.handler.message(s, Message::Text(&text)),
+                Packet::Binary(data) => self.handler.message(s, Message::Binary(&data)),
+                Packet::Pong(_) => {
+                    lock(&s.state).awaiting_pong = false;
+                    Ok(())
+                }
+                Packet::Close => {
+                    self.close(s, "client close");
+                    Ok(())
+                }
+                // EIO4: pings go server to client only; open/upgrade/noop are the server's.
+                Packet::Ping(_) => Err("invalid heartbeat direction (client ping)".into()),
+                Packet::Open(_) | Packet::Upgrade | Packet::Noop => {
+                    Err("unexpected packet from client".into())
+                }
+            }
+        }
+
+        // ── Long-polling.
+
+        fn poll(
+            &self,
+            s: &Arc<Session>,
+            c: &mut Conn,
+            cors: &[(&str, &str)],
+            keep_alive: bool,
+        ) -> Next {
+            let mut st = lock(&s.state);
+            if st.poll_waiting {
+                drop(st);
+                self.close(s, "a second GET while one was pending");
+                return self.error(c, cors, 3, false);
+            }
+            st.poll_waiting = true;
+            let mut gone = false;
+            while st.closed.is_none() && st.queue.is_empty() && st.transport == Transport::Polling {
+                let (guard, wait) = s
+                    .wake
+                    .wait_timeout(st, Duration::from_millis(500))
+                    .unwrap_or_else(|e| e.into_inner());
+                st = guard;
+                // A client that dropped its connection during the GET has gone.
+                if wait.timed_out() && peer_gone(c.tcp) {
+                    gone = true;
+                    break;
+                }
+            }
+            st.poll_waiting = false;
+            let mut packets: Vec<Arc<Out>> = st.queue.drain(..).collect();
+            st.queued_bytes = 0;
+            if st.closed.is_some() {
+                packets.push(shared(&CLOSE, "1"));
+            } else if packets.is_empty() {
+                packets.push(shared(&NOOP, "6")); // upgraded meanwhile: release the poller
+            }
+            drop(st);
+            if gone {
+                self.close(s, "transport close (pending GET dropped)");
+                return Next::Close;
+            }
+            let mut headers = cors.to_vec();
+            headers.push(("Content-Type", "text/plain; charset=UTF-8"));
+            match http::respond(
+                c.tcp,
+                200,
+                &headers,
+                &eio::encode_payload(&packets),
+                keep_alive,
+            ) {
+                Ok(()) if keep_alive => Next::KeepAlive,
+                Ok(()) => Next::Close,
+                Err(_) => {
+                    self.close(s, "transport error (poll response not written)");
+                    Next::Close
+                }
+            }
+        }
+
+        fn post(
+            &self,
+            s: &Arc<Session>,
+            req: &Request,
+            c: &mut Conn,
+            cors: &[(&str, &str)],
+        ) -> Next {
+            if req.oversize {
+                self.close(s, "payload too large");
+                let _ = http::respond(c.tcp, 413, cors, b"payload too large", false);
+                return Next::Close;
+            }
+            let result = eio::decode_payload(&req.body, self.cfg.max_packets)
+                .map_err(|e| e.to_string())
+                .and_then(|packets| packets.into_iter().try_for_each(|p| self.on_packet(s, p)));
+            if let Err(reason) = result {
+                self.close(s, &format!("parse error: {reason}"));
+                return self.error(c, cors, 3, req.keep_alive);
+            }
+            let mut headers = cors.to_vec();
+            headers.push(("Content-Type", "text/html"));
+            match http::respond(c.tcp, 200, &headers, b"ok", req.keep_alive) {
+                Ok(()) if req.keep_alive => Next::KeepAlive,
+                _ => Next::Close,
+            }
+        }
+
+        // ── WebSocket: direct (no sid) or an upgrade of a polling/SSE session.
+
+        fn websocket(
+            &self,
+            req: &Request,
+            c: &mut Conn,
+            cors: &[(&str, &str)],
+            upgrade: Option<Arc<Session>>,
+        ) -> Next {
+            let key = req.header("sec-websocket-key").filter(|k| !k.is_empty());
+            let (Some(key), true) = (key, req.header("sec-websocket-version") == Some("13")) else {
+                return self.error(c, cors, 3, false);
+            };
+            let conn = WsConn::new(c.tcp.clone(), &self.cfg);
+            if let Some(s) = &upgrade {
+                let mut st = lock(&s.state);
+                if st.upgrading || st.transport == Transport::WebSocket || st.closed.is_some() {
+                    drop(st);
+                    return self.error(c, cors, 3, false);
+                }
+                st.upgrading = true;
+                st.ws = Some(conn.clone());
+            }
+            let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let mut headers = vec![
+                ("Upgrade", "websocket"),
+                ("Sec-WebSocket-Accept", accept.as_str()),
+            ];
+            headers.extend_from_slice(cors);
+            let (cookie, set_cookie) = if upgrade.is_none() {
+                self.session_cookie(req)
+            } else {
+                (None, None)
+            };
+            if let Some(set) = &set_cookie {
+                headers.push(("Set-Cookie", set));
+            }
+            let mut head = http::head(101, &headers, None, true);
+            let n = head.len();
+            head.truncate(n - "Connection: keep-alive\r\n\r\n".len());
+            head.extend_from_slice(b"Connection: Upgrade\r\n\r\n");
+            if (&**c.tcp).write_all(&head).is_err() {
+                if let Some(s) = &upgrade {
+                    let mut st = lock(&s.state);
+                    st.upgrading = false;
+                    st.ws = None;
+                }
+                return Next::Close;
+            }
+            let _ = c.tcp.set_read_timeout(None);
+            let ws_cfg = WebSocketConfig::default()
+                .read_buffer_size(4096)
+                .write_buffer_size(0)
+                .max_message_size(Some(self.cfg.max_payload))
+                .max_frame_size(Some(self.cfg.max_payload));
+            let io = WsIo {
+                tcp: c.tcp.clone(),
+                conn: conn.clone(),
+            };
+            let mut ws = WebSocket::from_partially_read(
+                io,
+                std::mem::take(c.leftover),
+                Role::Server,
+                Some(ws_cfg),
+            );
+            let s = match upgrade {
+                Some(s) => match self.probe(&s, &mut ws, &conn) {
+                    true => s,
+                    false => return Next::Close,
+                },
+                None => {
+                    let given = set_cookie.is_none();
+                    let s = self.create(
+                        Transport::WebSocket,
+                        (cookie, given),
+                        c.peer,
+                        Some(conn.clone()),
+                    );
+                    s.send_all(&[self.open_packet(&s.sid, Transport::WebSocket)]);
+                    self.handler.open(&s);
+                    s
+                }
+            };
+            self.read_frames(&s, &mut ws, &conn);
+            Next::Close
+        }
+
+        /// The upgrade dance: `2probe` → `3probe` (+ `6` to the old transport), then `5`.
+        /// Returns whether the session now runs on this WebSocket.
+        fn probe(&self, s: &Arc<Session>, ws: &mut WebSocket<WsIo>, conn: &Arc<WsConn>) -> bool {
+            let abort = |why: &str| {
+                let mut st = lock(&s.state);
+                if st.upgrading {
+                    st.upgrading = false;
+                    st.ws = None;
+                }
+                drop(st);
+                conn.close(None);
+                log!(DEBUG, "upgrade of {} abandoned: {why}", s.sid);
+                false
+            };
+            loop {
+                let text = match ws.read() {
+                    Ok(WsMessage::Text(t)) => t,
+                    Ok(WsMessage::Ping(_) | WsMessage::Pong(_)) => continue,
+                    Ok(_) => return abort("unexpected frame during upgrade"),
+                    Err(_) => return abort("transport closed during upgrade"),
+                };
+                match text.as_str() {
+                    "2probe" => {
+                        if conn.send(Chunk::Out(Out::text("3probe"))).is_err() {
+                            return abort("could not answer the probe");
+                        }
+                        // Release the pending GET (or tell the SSE stream) so the client can pause it.
+                        s.send_all(&[shared(&NOOP, "6")]);
+                    }
+                    "5" => {
+                        let mut st = lock(&s.state);
+                        if st.closed.is_some() || !st.upgrading {
+                            return false;
+                        }
+                        st.upgrading = false;
+                        st.transport = Transport::WebSocket;
+                        let queued: Vec<Arc<Out>> =
+                            st.queue.drain(..).filter(|p| !p.is_noop()).collect();
+                        st.queued_bytes = 0;
+                        s.wake.notify_all();
+                        let flushed = queued
+                            .into_iter()
+                            .try_for_each(|p| conn.send(Chunk::Out(p)));
+                        drop(st);
+                        log!(INFO, "upgrade {} to websocket", s.sid);
+                        if flushed.is_err() {
+                            self.close(s, "transport error during upgrade flush");
+                            return false;
+                        }
+                        return true;
+                    }
+                    _ => return abort("unexpected packet during upgrade"),
+                }
+            }
+        }
+
+        /// The connection thread's loop for an established WebSocket session.
+        fn read_frames(&self, s: &Arc<Session>, ws: &mut WebSocket<WsIo>, conn: &Arc<WsConn>) {
+            let reason = loop {
+                let result = match ws.read() {
+                    Ok(WsMessage::Text(t)) => self.on_text(s, t.as_str()),
+                    Ok(WsMessage::Binary(b)) => self.handler.message(s, Message::Binary(&b)),
+                    Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_)) => Ok(()),
+                    Ok(WsMessage::Close(_)) => {
+                        let _ = ws.flush(); // tungstenite's close reply
+                        conn.mark_closed();
+                        break "transport close".to_string();
+                    }
+                    Err(tungstenite::Error::Capacity(_)) => {
+                        conn.close(Some(&close_frame(1009, "message too big")));
+                        break "payload too large".to_string();
+                    }
+                    Err(tungstenite::Error::Protocol(e)) => {
+                        conn.close(Some(&close_frame(1002, "protocol error")));
+                        break format!("transport error: {e}");
+                    }
+                    Err(_) => break "transport close".to_string(),
+                };
+                if let Err(reason) = result {
+                    break format!("parse error: {reason}");
+                }
+                if s.is_closed() {
+                    return;
+                }
+            };
+            self.close(s, &reason);
+        }
+
+        // ── Server-Sent Events (PROTOCOL.md §3).
+
+        fn sse_resume(
+            &self,
+            req: &Request,
+            c: &mut Conn,
+            cors: &[(&str, &str)],
+            last: &str,
+        ) -> Next {
+            let parsed = last
+                .rsplit_once(':')
+                .and_then(|(sid, n)| Some((sid.to_string(), n.parse::<u64>().ok()?)));
+            let Some((sid, n)) = parsed else {
+                return self.error(c, cors, 3, false);
+            };
+            let Some(s) = self.get(&sid) else {
+                return self.error(c, cors, 1, false);
+            };
+            if s.transport() != Transport::Sse || req.method != "GET" {
+                return self.error(c, cors, 3, false);
+            }
+            log!(DEBUG, "resume {} after event {n}", s.sid);
+            self.sse_stream(&s, c, cors, Some(n))
+        }
+
+        /// Streams the session's packets as SSE events until the session closes, upgrades,
+        /// a newer stream replaces this one, or a write fails (then the heartbeat decides).
+        fn sse_stream(
+            &self,
+            s: &Arc<Session>,
+            c: &mut Conn,
+            headers: &[(&str, &str)],
+            resume_after: Option<u64>,
+        ) -> Next {
+            let mut h = headers.to_vec();
+            h.extend_from_slice(&[
+                ("Content-Type", "text/event-stream"),
+                ("Cache-Control", "no-cache"),
+                ("X-Accel-Buffering", "no"),
+            ]);
+            let tcp = c.tcp;
+            let _ = tcp.set_read_timeout(None);
+            let _ = tcp.set_write_timeout(Some(self.cfg.ping_timeout));
+            let keepalive = (self.cfg.ping_interval / 2).min(Duration::from_secs(15));
+            let (me, mut batch) = {
+                let mut st = lock(&s.state);
+                st.sse.stream += 1;
+                let mut batch = Vec::new();
+                if let Some(after) = resume_after {
+                    let oldest = st.sse.sent.front().map_or(st.sse.next_id, |(id, _)| *id);
+                    if after + 1 < oldest || after + 1 > st.sse.next_id {
+                        drop(st);
+                        self.close(s, "SSE resume outside the replay window");
+                        return self.error(c, &[], 1, false);
+                    }
+                    batch.extend(st.sse.sent.iter().filter(|(id, _)| *id > after).cloned());
+                }
+                s.wake.notify_all();
+                (st.sse.stream, batch)
+            };
+            let mut out = http::head(200, &h, None, false);
+            loop {
+                for (id, p) in &batch {
+                    write_event(&mut out, &s.sid, *id, p);
+                }
+                if (&**tcp).write_all(&out).is_err() {
+                    log!(
+                        DEBUG,
+                        "SSE stream of {} dropped; its packets wait for a resume",
+                        s.sid
+                    );
+                    return Next::Close;
+                }
+                out.clear();
+                let mut st = lock(&s.state);
+                loop {
+                    if st.sse.stream != me || st.transport != Transport::Sse {
+                        return Next::Close; // replaced by a newer stream, or upgraded
+                    }
+                    if !st.queue.is_empty() || st.closed.is_some() {
+                        break;
+                    }
+                    let (guard, wait) = s
+                        .wake
+                        .wait_timeout(st, keepalive)
+                        .unwrap_or_else(|e| e.into_inner());
+                    st = guard;
+                    if wait.timed_out() && st.queue.is_empty() && st.closed.is_none() {
+                        out.extend_from_slice(b":\n\n"); // keep-alive comment; a dead peer fails it
+                        break;
+                    }
+                }
+                let mut drained: Vec<Arc<Out>> = st.queue.drain(..).collect();
+                st.queued_bytes = 0;
+                let closed = st.closed.is_some();
+                if closed {
+                    drained.push(shared(&CLOSE, "1"));
+                }
+                batch.clear();
+                for p in drained {
+                    let id = st.sse.next_id;
+                    st.sse.next_id += 1;
+                    st.sse.sent.push_back((id, p.clone()));
+                    batch.push((id, p));
+                }
+                while st.sse.sent.len() > self.cfg.sse_replay {
+                    st.sse.sent.pop_front();
+                }
+                drop(st);
+                if closed {
+                    for (id, p) in &batch {
+                        write_event(&mut out, &s.sid, *id, p);
+                    }
+                    let _ = (&**tcp).write_all(&out);
+                    return Next::Close;
+                }
+            }
+        }
+
+        // ── The one close path.
+
+        /// Ends a session, once, whatever the cause: client close, ping timeout, transport
+        /// error, oversize, protocol error, server shutdown.
+        pub fn close(&self, s: &Arc<Session>, reason: &str) {
+            let (ws, transport) = {
+                let mut st = lock(&s.state);
+                if st.closed.is_some() {
+                    return;
+                }
+                st.closed = Some(reason.to_string());
+                st.awaiting_pong = false;
+                s.wake.notify_all();
+                (st.ws.take(), st.transport)
+            };
+            lock(&self.sessions).remove(&s.sid);
+            if let Some(ws) = ws {
+                // EIO: a close packet, then the WebSocket close frame.
+                let mut last = shared(&CLOSE, "1").ws_frame().to_vec();
+                last.extend_from_slice(&close_frame(1000, ""));
+                ws.close(Some(&last));
+            }
+            self.handler.close(s, reason);
+            log!(
+                INFO,
+                "close {} {} from {}: {reason}",
+                s.sid,
+                transport.name(),
+                s.peer
+            );
+        }
+    }
+
+    fn write_event(out: &mut Vec<u8>, sid: &str, id: u64, p: &Out) {
+        out.extend_from_slice(format!("id: {sid}:{id}\n").as_bytes());
+        let mut record = Vec::new();
+        p.write_record(&mut record);
+        for line in record.split(|b| *b == b'\n') {
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+        out.push(b'\n');
+    }
+
+    /// True when the peer has closed its side (EOF or error) — checked without reading data.
+    fn peer_gone(tcp: &TcpStream) -> bool {
+        let mut byte = [0u8; 1];
+        // SAFETY: a one-byte buffer on the stack; the fd belongs to the live TcpStream.
+        let n = unsafe {
+            libc::recv(
+                tcp.as_raw_fd(),
+                byte.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            0 => true,
+            n if n > 0 => false,
+            _ => io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock,
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn sse_events_carry_ids_and_one_data_line_per_line() {
+            let mut out = Vec::new();
+            write_event(&mut out, "abc", 3, &Out::text("4a\nb"));
+            write_event(&mut out, "abc", 4, &Out::binary(&[1, 2, 3, 4]));
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                "id: abc:3\ndata: 4a\ndata: b\n\nid: abc:4\ndata: bAQIDBA==\n\n"
+            );
+        }
+
+        #[test]
+        fn timers_fire_in_deadline_order() {
+            let timers = Timers::start();
+            let (tx, rx) = std::sync::mpsc::channel();
+            for (delay, tag) in [(30, 3), (10, 1), (20, 2)] {
+                let tx = tx.clone();
+                timers.after(Duration::from_millis(delay), move || tx.send(tag).unwrap());
+            }
+            let got: Vec<i32> = (0..3)
+                .map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap())
+                .collect();
+            assert_eq!(got, vec![1, 2, 3]);
+        }
+
+        #[test]
+        fn error_table_matches_the_protocol() {
+            let table: Vec<&str> = (0..6).map(error_message).collect();
+            assert_eq!(
+                table,
+                [
+                    "Transport unknown",
+                    "Session ID unknown",
+                    "Bad handshake method",
+                    "Bad request",
+                    "Forbidden",
+                    "Unsupported protocol version"
+                ]
+            );
+        }
+    }
+}
+
+// ───────────────────────────────────────────────────────────────────────────────────────────
+mod hub {
+    //! Socket.IO on top of Engine.IO sessions: namespaces and their handlers, sockets, rooms,
+    //! acks both ways, broadcast. Handlers run on the thread that read the packet; no lock of
+    //! this module is held while a handler runs or while anything is sent.
+    use crate::config::Config;
+    use crate::eio::Out;
+    use crate::engine::{Handler, Message, Session, Timers};
+    use crate::sio::{self, Kind};
+    use crate::{lock, log, new_id, DEBUG};
+    use serde_json::{json, Value};
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex, RwLock};
+    use std::time::Duration;
+
+    /// Event arguments: JSON values, with binary attachments beside them. A binary argument is
+    /// the placeholder `{"_placeholder":true,"num":i}` in `values` and its bytes in `bins[i]`,
+    /// exactly as on the wire, so an echo re-sends them without a copy into a tree.
+    #[derive(Debug, Clone, Default, PartialEq)]
+    pub struct Args {
+        pub values: Vec<Value>,
+        pub bins: Vec<Vec<u8>>,
+    }
+
+    impl Args {
+        pub fn new(values: Vec<Value>) -> Args {
+            Args {
+                values,
+                bins: Vec::new(),
+            }
+        }
+        pub fn one(value: Value) -> Args {
+            Args::new(vec![value])
+        }
+        pub fn str(&self, i: usize) -> Option<&str> {
+            self.values.get(i).and_then(Value::as_str)
+        }
+    }
+
+    /// Encodes an EVENT (with its name) or an ACK once, as the Engine.IO messages to send:
+    /// the text packet, then one binary message per attachment.
+    fn encode(
+        kind: Kind,
+        nsp: &str,
+        id: Option<u64>,
+        event: Option<&str>,
+        args: &Args,
+    ) -> Vec<Arc<Out>> {
+        let kind = match (kind, args.bins.is_empty()) {
+            (Kind::Event, false) => Kind::BinaryEvent,
+            (Kind::Ack, false) => Kind::BinaryAck,
+            (k, _) => k,
+        };
+        let text = Out::text_with(|b| {
+            b.push(b'4');
+            sio::write_head(b, kind, args.bins.len(), nsp, id);
+            b.push(b'[');
+            let name = event.map(|e| Value::String(e.to_string()));
+            for (i, v) in name.iter().chain(&args.values).enumerate() {
+                if i > 0 {
+                    b.push(b',');
+                }
+                // Writing a Value into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut *b, v);
+            }
+            b.push(b']');
+        });
+        std::iter::once(text)
+            .chain(args.bins.iter().map(|bin| Out::binary(bin)))
+            .collect()
+    }
+
+    fn control(kind: Kind, nsp: &str, data: Option<&Value>) -> Arc<Out> {
+        Out::text_with(|b| {
+            b.push(b'4');
+            sio::write_head(b, kind, 0, nsp, None);
+            if let Some(d) = data {
+                let _ = serde_json::to_writer(&mut *b, d);
+            }
+        })
+    }
+
+    pub type EventFn = Box<dyn Fn(&Arc<Socket>, Args, Option<Ack>) + Send + Sync>;
+    pub type SocketFn = Box<dyn Fn(&Arc<Socket>) + Send + Sync>;
+    pub type DisconnectFn = Box<dyn Fn(&Arc<Socket>, &str) + Send + Sync>;
+    type AckFn = Box<dyn FnOnce(Result<Args, AckError>) + Send>;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum AckError {
+        Timeout,
+        Disconnected,
+    }
+
+    /// A namespace: its handlers (fixed before the server starts, so none is missing when a
+    /// CONNECT is confirmed), its sockets and its rooms.
+    pub struct Namespace {
+        pub name: String,
+        on_connect: Option<SocketFn>,
+        on_disconnect: Option<DisconnectFn>,
+        events: HashMap<String, EventFn>,
+        sockets: RwLock<HashMap<String, Arc<Socket>>>,
+        /// Copy-on-write member lists: a broadcast clones one `Arc`, never the list.
+        rooms: Mutex<HashMap<String, Arc<Vec<Arc<Socket>>>>>,
+    }
+
+    impl Namespace {
+        pub fn new(name: &str) -> Namespace {
+            Namespace {
+                name: name.to_string(),
+                on_connect: None,
+                on_disconnect: None,
+                events: HashMap::new(),
+                sockets: RwLock::default(),
+                rooms: Mutex::default(),
+            }
+        }
+        pub fn on_connect(&mut self, f: impl Fn(&Arc<Socket>) + Send + Sync + 'static) {
+            self.on_connect = Some(Box::new(f));
+        }
+        pub fn on_disconnect(&mut self, f: impl Fn(&Arc<Socket>, &str) + Send + Sync + 'static) {
+            self.on_disconnect = Some(Box::new(f));
+        }
+        pub fn on(
+            &mut self,
+            event: &str,
+            f: impl Fn(&Arc<Socket>, Args, Option<Ack>) + Send + Sync + 'static,
+        ) {
+            self.events.insert(event.to_string(), Box::new(f));
+        }
+
+        /// A broadcast to a room's members.
+        pub fn to(&self, room: &str) -> Broadcast<'_> {
+            Broadcast {
+                nsp: self,
+                room: Some(room.to_string()),
+                except: None,
+            }
+        }
+        /// A broadcast to every socket of the namespace.
+        pub fn all(&self) -> Broadcast<'_> {
+            Broadcast {
+                nsp: self,
+                room: None,
+                except: None,
+            }
+        }
+        pub fn members(&self, room: &str) -> Arc<Vec<Arc<Socket>>> {
+            lock(&self.rooms).get(room).cloned().unwrap_or_default()
+        }
+
+        fn join_room(&self, room: &str, sock: &Arc<Socket>) {
+            let mut rooms = lock(&self.rooms);
+            let list = rooms.entry(room.to_string()).or_default();
+            let mut members = Vec::with_capacity(list.len() + 1);
+            members.extend(list.iter().cloned());
+            members.push(sock.clone());
+            *list = Arc::new(members);
+        }
+
+        fn leave_room(&self, room: &str, sock: &Socket) {
+            let mut rooms = lock(&self.rooms);
+            let Some(list) = rooms.get_mut(room) else {
+                return;
+            };
+            let members: Vec<Arc<Socket>> =
+                list.iter().filter(|m| m.id != sock.id).cloned().collect();
+            if members.is_empty() {
+                rooms.remove(room);
+            } else {
+                *list = Arc::new(members);
+            }
+        }
+
+        /// The socket leaves the namespace: out of its rooms, its pending acks failed, then the
+        /// app's disconnect handler (which may still read the rooms it was in).
+        fn remove(&self, sock: &Arc<Socket>, reason: &str) {
+            let was = self
+                .sockets
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&sock.id);
+            if was.is_none() {
+                return;
+            }
+            for room in sock.rooms() {
+                self.leave_room(&room, sock);
+            }
+            let pending: Vec<AckFn> = lock(&sock.acks).drain().map(|(_, f)| f).collect();
+            for f in pending {
+                f(Err(AckError::Disconnected));
+            }
+            if let Some(f) = &self.on_disconnect {
+                f(sock, reason);
+            }
+        }
+    }
+
+    pub struct Broadcast<'a> {
+        nsp: &'a Namespace,
+        room: Option<String>,
+        except: Option<String>,
+    }
+
+    impl Broadcast<'_> {
+        pub fn except(mut self, socket_id: &str) -> Self {
+            self.except = Some(socket_id.to_string());
+            self
+        }
+        /// Encodes once, collects the receivers, drops every lock, then sends. Returns how
+        /// many sockets it was sent to.
+        pub fn emit(self, event: &str, args: &Args) -> usize {
+            let packets = encode(Kind::Event, &self.nsp.name, None, Some(event), args);
+            let targets: Arc<Vec<Arc<Socket>>> = match &self.room {
+                Some(room) => self.nsp.members(room),
+                None => Arc::new(
+                    self.nsp
+                        .sockets
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .values()
+                        .cloned()
+                        .collect(),
+                ),
+            };
+            let mut sent = 0;
+            for sock in targets
+                .iter()
+                .filter(|s| self.except.as_deref() != Some(&s.id))
+            {
+                sock.session.send_all(&packets);
+                sent += 1;
+            }
+            sent
+        }
+    }
+
+    /// One client's membership of one namespace.
+    pub struct Socket {
+        pub id: String,
+        pub nsp: Arc<Namespace>,
+        pub session: Arc<Session>,
+        /// The app session (PROTOCOL.md §4): the cookie the client sent, else the CONNECT
+        /// payload's `session`, else the cookie just issued.
+        pub user: String,
+        /// Whether the client showed that session itself (cookie or payload).
+        pub user_given: bool,
+        /// The CONNECT payload (`{}` when none).
+        pub auth: Value,
+        rooms: Mutex<Vec<String>>,
+        acks: Mutex<HashMap<u64, AckFn>>,
+        next_ack: AtomicU64,
+        timers: Arc<Timers>,
+    }
+
+    impl Socket {
+        pub fn emit(&self, event: &str, args: &Args) {
+            self.session.send_all(&encode(
+                Kind::Event,
+                &self.nsp.name,
+                None,
+                Some(event),
+                args,
+            ));
+        }
+
+        /// Emits and asks the client for an ack; `done` gets it, or `Timeout` / `Disconnected`.
+        pub fn emit_with_ack(
+            self: &Arc<Self>,
+            event: &str,
+            args: &Args,
+            timeout: Duration,
+            done: impl FnOnce(Result<Args, AckError>) + Send + 'static,
+        ) {
+            let id = self.next_ack.fetch_add(1, Ordering::Relaxed);
+            lock(&self.acks).insert(id, Box::new(done));
+            let me = Arc::downgrade(self);
+            self.timers.after(timeout, move || {
+                let Some(me) = me.upgrade() else { return };
+                let f = lock(&me.acks).remove(&id);
+                if let Some(f) = f {
+                    f(Err(AckError::Timeout));
+                }
+            });
+            self.session.send_all(&encode(
+                Kind::Event,
+                &self.nsp.name,
+                Some(id),
+                Some(event),
+                args,
+            ));
+        }
+
+        /// Joins a room; false if already a member.
+        pub fn join(self: &Arc<Self>, room: &str) -> bool {
+            let mut rooms = lock(&self.rooms);
+            if rooms.iter().any(|r| r == room) {
+                return false;
+            }
+            rooms.push(room.to_string());
+            drop(rooms);
+            self.nsp.join_room(room, self);
+            true
+        }
+
+        /// Leaves a room; false if not a member.
+        pub fn leave(&self, room: &str) -> bool {
+            let mut rooms = lock(&self.rooms);
+            let Some(at) = rooms.iter().position(|r| r == room) else {
+                return false;
+            };
+            rooms.remove(at);
+            drop(rooms);
+            self.nsp.leave_room(room, self);
+            true
+        }
+
+        pub fn rooms(&self) -> Vec<String> {
+            lock(&self.rooms).clone()
+        }
+
+        pub fn in_room(&self, room: &str) -> bool {
+            lock(&self.rooms).iter().any(|r| r == room)
+        }
+
+        /// Server-side disconnect from this namespace: DISCONNECT to the client, then leave.
+        pub fn disconnect(self: &Arc<Self>) {
+            self.session
+                .send_all(&[control(Kind::Disconnect, &self.nsp.name, None)]);
+            if let Some(c) = client(&self.session) {
+                lock(&c.sockets).remove(&self.nsp.name);
+            }
+            self.nsp.remove(self, "server namespace disconnect");
+        }
+    }
+
+    /// The answer to a client's ack request; sending it consumes it (one answer per id).
+    pub struct Ack {
+        socket: Arc<Socket>,
+        id: u64,
+    }
+    impl Ack {
+        pub fn send(self, args: &Args) {
+            self.socket.session.send_all(&encode(
+                Kind::Ack,
+                &self.socket.nsp.name,
+                Some(self.id),
+                None,
+                args,
+            ));
+        }
+    }
+
+    /// Per Engine.IO session: its sockets by namespace, and a binary packet being assembled.
+    #[derive(Default)]
+    struct Client {
+        sockets: Mutex<HashMap<String, Arc<Socket>>>,
+        partial: Mutex<Option<(sio::Packet, Vec<Vec<u8>>)>>,
+    }
+
+    fn client(s: &Session) -> Option<&Client> {
+        s.ext.get()?.downcast_ref::<Client>()
+    }
+
+    pub struct Hub {
+        namespaces: HashMap<String, Arc<Namespace>>,
+        cfg: Arc<Config>,
+        timers: Arc<Timers>,
+    }
+
+    impl Hub {
+        pub fn new(cfg: Arc<Config>, timers: Arc<Timers>, namespaces: Vec<Namespace>) -> Hub {
+            let namespaces = namespaces
+                .into_iter()
+                .map(|n| (n.name.clone(), Arc::new(n)))
+                .collect();
+            Hub {
+                namespaces,
+                cfg,
+                timers,
+            }
+        }
+
+        fn connect(&self, s: &Arc<Session>, c: &Client, p: sio::Packet) -> Result<(), String> {
+            let refuse = |message: &str| {
+                s.send_all(&[control(
+                    Kind::ConnectError,
+                    &p.nsp,
+                    Some(&json!({ "message": message })),
+                )]);
+                Ok(())
+            };
+            let Some(nsp) = self.namespaces.get(&p.nsp) else {
+                return refuse("Invalid namespace");
+            };
+            let mut sockets = lock(&c.sockets);
+            if let Some(existing) = sockets.get(&p.nsp) {
+                // A repeated CONNECT: confirm the socket it already has.
+                s.send_all(&[control(
+                    Kind::Connect,
+                    &p.nsp,
+                    Some(&json!({ "sid": existing.id })),
+                )]);
+                return Ok(());
+            }
+            if sockets.len() >= self.cfg.max_namespaces {
+                drop(sockets);
+                return refuse("Too many namespaces on one connection");
+            }
+            let auth = p.data.unwrap_or_else(|| json!({}));
+            let from_payload = auth
+                .get("session")
+                .and_then(Value::as_str)
+                .filter(|v| uuid::Uuid::parse_str(v).is_ok());
+            let (user, user_given) = match (&s.cookie, s.cookie_given, from_payload) {
+                (Some(cookie), true, _) => (cookie.clone(), true),
+                (_, _, Some(v)) => (v.to_string(), true),
+                (Some(cookie), false, None) => (cookie.clone(), false),
+                (None, _, None) => (uuid::Uuid::new_v4().to_string(), false),
+            };
+            let sock = Arc::new(Socket {
+                id: new_id(),
+                nsp: nsp.clone(),
+                session: s.clone(),
+                user,
+                user_given,
+                auth,
+                rooms: Mutex::default(),
+                acks: Mutex::default(),
+                next_ack: AtomicU64::new(0),
+                timers: self.timers.clone(),
+            });
+            sockets.insert(p.nsp.clone(), sock.clone());
+            drop(sockets);
+            nsp.sockets
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(sock.id.clone(), sock.clone());
+            s.send_all(&[control(
+                Kind::Connect,
+                &p.nsp,
+                Some(&json!({ "sid": sock.id })),
+            )]);
+            if let Some(f) = &nsp.on_connect {
+                f(&sock);
+            }
+            Ok(())
+        }
+
+        fn dispatch(
+            &self,
+            s: &Arc<Session>,
+            c: &Client,
+            p: sio::Packet,
+            bins: Vec<Vec<u8>>,
+        ) -> Result<(), String> {
+            if p.kind == Kind::Connect {
+                return self.connect(s, c, p);
+            }
+            let sock = lock(&c.sockets).get(&p.nsp).cloned();
+            let Some(sock) = sock else {
+                // A packet racing a DISCONNECT, or for a namespace never joined: nothing to do.
+                log!(
+                    DEBUG,
+                    "{}: packet for unconnected namespace {} ignored",
+                    s.sid,
+                    p.nsp
+                );
+                return Ok(());
+            };
+            match p.kind {
+                Kind::Disconnect => {
+                    lock(&c.sockets).remove(&p.nsp);
+                    sock.nsp.remove(&sock, "client namespace disconnect");
+                }
+                Kind::Event | Kind::BinaryEvent => {
+                    let Some(Value::Array(mut values)) = p.data else {
+                        return Err("event without data".into());
+                    };
+                    let name = match values.remove(0) {
+                        Value::String(name) => name,
+                        _ => return Err("event name is not a string".into()),
+                    };
+                    let ack = p.id.map(|id| Ack {
+                        socket: sock.clone(),
+                        id,
+                    });
+                    match sock.nsp.events.get(&name) {
+                        Some(handler) => handler(&sock, Args { values, bins }, ack),
+                        None => log!(DEBUG, "{}: no handler for event on {}", s.sid, p.nsp),
+                    }
+                }
+                Kind::Ack | Kind::BinaryAck => {
+                    let Some(Value::Array(values)) = p.data else {
+                        return Err("ack without data".into());
+                    };
+                    let waiting = p.id.and_then(|id| lock(&sock.acks).remove(&id));
+                    match waiting {
+                        Some(f) => f(Ok(Args { values, bins })),
+                        None => log!(DEBUG, "{}: ack for unknown or expired id", s.sid),
+                    }
+                }
+                Kind::ConnectError | Kind::Connect => {
+                    return Err("CONNECT_ERROR is sent by servers only".into())
+                }
+            }
+            Ok(())
+        }
+    }
+
+    impl Handler for Hub {
+        fn open(&self, s: &Arc<Session>) {
+            let _ = s.ext.set(Box::new(Client::default()));
+            let session = Arc::downgrade(s);
+            // SIO5: a client must CONNECT a namespace within the connect timeout.
+            self.timers.after(self.cfg.connect_timeout, move || {
+                let Some(s) = session.upgrade() else { return };
+                if client(&s).is_some_and(|c| lock(&c.sockets).is_empty()) {
+                    s.close("connect timeout (no namespace joined)");
+                }
+            });
+        }
+
+        fn message(&self, s: &Arc<Session>, msg: Message) -> Result<(), String> {
+            let c = client(s).ok_or("session without Socket.IO state")?;
+            match msg {
+                Message::Text(text) => {
+                    if lock(&c.partial).is_some() {
+                        return Err("attachment count mismatch: text packet while binary attachments were due".into());
+                    }
+                    let p =
+                        sio::decode(text, self.cfg.max_attachments).map_err(|e| e.to_string())?;
+                    if p.attachments > 0 {
+                        *lock(&c.partial) = Some((p, Vec::new()));
+                        return Ok(());
+                    }
+                    self.dispatch(s, c, p, Vec::new())
+                }
+                Message::Binary(data) => {
+                    let complete = {
+                        let mut partial = lock(&c.partial);
+                        let Some((p, bins)) = partial.as_mut() else {
+                            return Err("attachment count mismatch: binary message with no packet expecting it".into());
+                        };
+                        bins.push(data.to_vec());
+                        match bins.len() == p.attachments {
+                            true => partial.take(),
+                            false => None,
+                        }
+                    };
+                    match complete {
+                        Some((p, bins)) => self.dispatch(s, c, p, bins),
+                        None => Ok(()),
+                    }
+                }
+            }
+        }
+
+        fn close(&self, s: &Arc<Session>, reason: &str) {
+            let Some(c) = client(s) else { return };
+            let sockets: Vec<Arc<Socket>> = lock(&c.sockets).drain().map(|(_, v)| v).collect();
+            for sock in sockets {
+                sock.nsp.remove(&sock, reason);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn text(o: &Arc<Out>) -> String {
+            String::from_utf8(o.payload().to_vec()).unwrap()
+        }
+
+        #[test]
+        fn events_and_acks_encode_as_the_spec_shows() {
+            let args = Args::new(vec![json!("room"), json!({"a": 1, "z": 2})]);
+            let out = encode(Kind::Event, "/movies", None, Some("chat"), &args);
+            assert_eq!(text(&out[0]), r#"42/movies,["chat","room",{"a":1,"z":2}]"#);
+            let out = encode(Kind::Ack, "/", Some(7), None, &Args::one(json!("ok")));
+            assert_eq!(text(&out[0]), r#"437["ok"]"#);
+            let bin = Args {
+                values: vec![json!({"file": sio::placeholder(0)})],
+                bins: vec![vec![1, 2]],
+            };
+            let out = encode(Kind::Event, "/", None, Some("upload"), &bin);
+            assert_eq!(
+                text(&out[0]),
+                r#"451-["upload",{"file":{"_placeholder":true,"num":0}}]"#
+            );
+            assert_eq!((out.len(), out[1].payload()), (2, &[1u8, 2][..]));
+            let out = encode(Kind::Ack, "/admin", Some(15), None, &bin);
+            assert_eq!(
+                text(&out[0]),
+                r#"461-/admin,15[{"file":{"_placeholder":true,"num":0}}]"#
+            );
+        }
+
+        #[test]
+        fn control_packets_are_exact() {
+            assert_eq!(
+                text(&control(
+                    Kind::ConnectError,
+                    "/random",
+                    Some(&json!({"message": "Invalid namespace"}))
+                )),
+                r#"44/random,{"message":"Invalid namespace"}"#
+            );
+            assert_eq!(
+                text(&control(Kind::Disconnect, "/movies", None)),
+                "41/movies,"
+            );
+            assert_eq!(
+                text(&control(Kind::Connect, "/", Some(&json!({"sid": "x"})))),
+                r#"40{"sid":"x"}"#
+            );
+        }
+    }
+}
+
+// ───────────────────────────────────────────────────────────────────────────────────────────
+mod app {
+    //! The services (PROTOCOL.md §4, §5): `/` the echo service, `/movies` the watch party from
+    //! the Flask-SocketIO tutorial, `/custom` for the conformance suite, and the raw Engine.IO
+    //! echo. Handlers only: they never touch a socket or hold a lock while emitting.
+    use crate::eio::Out;
+    use crate::engine::{Handler, Message, Session};
+    use crate::hub::{Ack, AckError, Args, Namespace, Socket};
+    use crate::{lock, log, INFO};
+    use serde_json::{json, Value};
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    /// The namespaces a server runs: `/` and `/movies`, or `/` and `/custom` when conformance.
+    pub fn namespaces(conformance: bool) -> Vec<Namespace> {
+        let mut list = vec![echo()];
+        if conformance {
+            let mut custom = Namespace::new("/custom");
+            custom.on_connect(|sock| sock.emit("auth", &Args::one(sock.auth.clone())));
+            list.push(custom);
+        } else {
+            list.push(movies());
+        }
+        list
+    }
+
+    fn ack_with(ack: Option<Ack>, value: Value) {
+        if let Some(ack) = ack {
+            ack.send(&Args::one(value));
+        }
+    }
+
+    /// `/`: `auth` on connect; `message` → `message-back`; `message-with-ack` acked with its
+    /// arguments. Test aids beyond §4: `server-ack` asks the client for an ack
+    /// (`[timeout_ms, ...args]`, the outcome comes back as `server-ack-result`),
+    /// `disconnect-me` makes the server disconnect the socket, and `broadcast` sends its
+    /// arguments to every other socket of `/`.
+    fn echo() -> Namespace {
+        let mut nsp = Namespace::new("/");
+        nsp.on_connect(|sock| sock.emit("auth", &Args::one(sock.auth.clone())));
+        nsp.on("message", |sock, args, _| sock.emit("message-back", &args));
+        nsp.on("message-with-ack", |_, args, ack| {
+            if let Some(ack) = ack {
+                ack.send(&args);
+            }
+        });
+        nsp.on("server-ack", |sock, mut args, _| {
+            let timeout = args
+                .values
+                .first()
+                .and_then(Value::as_u64)
+                .unwrap_or(1000)
+                .min(60_000);
+            if !args.values.is_empty() {
+                args.values.remove(0);
+            }
+            let me = sock.clone();
+            sock.emit_with_ack(
+                "ack-me",
+                &args,
+                Duration::from_millis(timeout),
+                move |result| match result {
+                    Ok(mut answer) => {
+                        let values = std::mem::take(&mut answer.values);
+                        answer.values = vec![json!({ "ok": true, "args": values })];
+                        me.emit("server-ack-result", &answer);
+                    }
+                    Err(e) => {
+                        let error = if e == AckError::Timeout {
+                            "timeout"
+                        } else {
+                            "disconnected"
+                        };
+                        me.emit(
+                            "server-ack-result",
+                            &Args::one(json!({ "ok": false, "error": error })),
+                        );
+                    }
+                },
+            );
+        });
+        nsp.on("disconnect-me", |sock, _, _| sock.disconnect());
+        nsp.on("broadcast", |sock, args, _| {
+            sock.nsp.all().except(&sock.id).emit("broadcast", &args);
+        });
+        nsp
+    }
+
+    // ── /movies
+
+    #[derive(Clone, Debug)]
+    struct User {
+        username: String,
+    }
+
+    /// The tutorial's global user table, keyed by the session's uuid. Touched for microseconds;
+    /// never held while anything is sent.
+    static USERS: Mutex<BTreeMap<String, User>> = Mutex::new(BTreeMap::new());
+
+    fn username(sock: &Socket) -> Option<String> {
+        lock(&USERS).get(&sock.user).map(|u| u.username.clone())
+    }
+
+    /// Trimmed; 1..=max characters; no control characters.
+    fn clean(text: Option<&str>, what: &str, max: usize) -> Result<String, String> {
+        let text = text.ok_or(format!("{what} must be a string"))?.trim();
+        if text.is_empty() {
+            return Err(format!("{what} is empty"));
+        }
+        if text.chars().count() > max {
+            return Err(format!("{what} is longer than {max} characters"));
+        }
+        if text.chars().any(char::is_control) {
+            return Err(format!("{what} holds control characters"));
+        }
+        Ok(text.to_string())
+    }
+
+    fn refuse(ack: Option<Ack>, error: String) {
+        ack_with(ack, json!({ "ok": false, "error": error }));
+    }
+
+    /// Who is in a room, by name (identified members only, each once).
+    fn online(nsp: &Namespace, room: &str) -> Vec<String> {
+        let members = nsp.members(room);
+        let users = lock(&USERS);
+        let mut names: Vec<String> = members
+            .iter()
+            .filter_map(|m| users.get(&m.user).map(|u| u.username.clone()))
+            .collect();
+        drop(users);
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    fn announce(nsp: &Namespace, room: &str) {
+        let users = online(nsp, room);
+        nsp.to(room).emit(
+            "online",
+            &Args::one(json!({ "room": room, "users": users })),
+        );
+    }
+
+    fn now_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    fn movies() -> Namespace {
+        let mut nsp = Namespace::new("/movies");
+        nsp.on_connect(|sock| {
+            let mut state = json!({ "logged_in": false });
+            if let Some(name) = username(sock) {
+                state = json!({ "logged_in": true, "username": name });
+            }
+            if !sock.user_given {
+                // A client that showed no session learns the one it got, to send next time.
+                state["session"] = json!(sock.user);
+            }
+            sock.emit("on_connect", &Args::one(state));
+        });
+        nsp.on("identify", |sock, args, ack| {
+            let name = match clean(args.str(0), "username", 32) {
+                Ok(name) => name,
+                Err(e) => return refuse(ack, e),
+            };
+            lock(&USERS).insert(
+                sock.user.clone(),
+                User {
+                    username: name.clone(),
+                },
+            );
+            log!(INFO, "Identify: {name}");
+            ack_with(ack, json!({ "ok": true, "username": name }));
+            for room in sock.rooms() {
+                announce(&sock.nsp, &room);
+            }
+        });
+        nsp.on("join", |sock, args, ack| {
+            let room = match clean(args.str(0), "room", 64) {
+                Ok(room) => room,
+                Err(e) => return refuse(ack, e),
+            };
+            sock.join(&room);
+            ack_with(
+                ack,
+                json!({ "ok": true, "room": room, "users": online(&sock.nsp, &room) }),
+            );
+            announce(&sock.nsp, &room);
+        });
+        nsp.on("leave", |sock, args, ack| {
+            let room = match clean(args.str(0), "room", 64) {
+                Ok(room) => room,
+                Err(e) => return refuse(ack, e),
+            };
+            if !sock.leave(&room) {
+                return refuse(ack, format!("not in room {room}"));
+            }
+            ack_with(ack, json!({ "ok": true, "room": room }));
+            announce(&sock.nsp, &room);
+        });
+        nsp.on("chat", |sock, args, ack| {
+            let Some(from) = username(sock) else {
+                return refuse(ack, "identify first".into());
+            };
+            let room = match clean(args.str(0), "room", 64) {
+                Ok(room) => room,
+                Err(e) => return refuse(ack, e),
+            };
+            if !sock.in_room(&room) {
+                return refuse(ack, format!("not in room {room}"));
+            }
+            let text = match clean(args.str(1), "text", 1000) {
+                Ok(text) => text,
+                Err(e) => return refuse(ack, e),
+            };
+            let line =
+                json!({ "room": room, "text": text, "from": from, "sid": sock.id, "at": now_ms() });
+            let sent = sock.nsp.to(&room).emit("chat", &Args::one(line));
+            ack_with(ack, json!({ "ok": true, "delivered": sent }));
+        });
+        nsp.on("online", |sock, args, ack| {
+            match clean(args.str(0), "room", 64) {
+                Ok(room) => ack_with(
+                    ack,
+                    json!({ "ok": true, "room": room, "users": online(&sock.nsp, &room) }),
+                ),
+                Err(e) => refuse(ack, e),
+            }
+        });
+        nsp.on_disconnect(|sock, _reason| {
+            for room in sock.rooms() {
+                announce(&sock.nsp, &room);
+            }
+        });
+        nsp
+    }
+
+    /// `/engine.io/`: every message, text or binary, sent straight back on its session.
+    pub struct EngineEcho;
+    impl Handler for EngineEcho {
+        fn open(&self, _: &Arc<Session>) {}
+        fn message(&self, s: &Arc<Session>, msg: Message) -> Result<(), String> {
+            let out = match msg {
+                Message::Text(t) => Out::text_with(|b| {
+                    b.push(b'4');
+                    b.extend_from_slice(t.as_bytes());
+                }),
+                Message::Binary(data) => Out::binary(data),
+            };
+            s.send_all(&[out]);
+            Ok(())
+        }
+        fn close(&self, _: &Arc<Session>, _: &str) {}
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn names_are_trimmed_and_checked() {
+            assert_eq!(clean(Some("  ann "), "username", 32), Ok("ann".into()));
+            for (input, says) in [
+                (None, "must be a string"),
+                (Some("   "), "empty"),
+                (Some("a\u{7}b"), "control"),
+                (Some(&*"x".repeat(33)), "longer than 32"),
+            ] {
+                assert!(clean(input, "username", 32).unwrap_err().contains(says));
+            }
+            assert!(clean(Some(&"é".repeat(32)), "username", 32).is_ok());
+        }
+    }
+}
+
+// ───────────────────────────────────────────────────────────────────────────────────────────
+mod server {
+    //! The accept loop, the connection threads, routing, the connection cap and shutdown.
+    use crate::config::Config;
+    use crate::engine::{Conn, Engine, Next, Timers};
+    use crate::http::{self, HttpError, Limits};
+    use crate::hub::Hub;
+    use crate::{app, log, ERROR, INFO, WARN};
+    use std::io::{self, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    pub const INDEX_HTML: &str = include_str!("index.html");
+
+    pub struct Server {
+        cfg: Arc<Config>,
+        sio: Arc<Engine>,
+        raw: Arc<Engine>,
+        limits: Limits,
+        open: AtomicUsize,
+        stopping: AtomicBool,
+    }
+
+    /// Counts an open connection for as long as it lives.
+    struct Slot<'a>(&'a AtomicUsize);
+    impl Drop for Slot<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    impl Server {
+        pub fn new(cfg: Config) -> Arc<Server> {
+            let cfg = Arc::new(cfg);
+            let timers = Timers::start();
+            let hub = Arc::new(Hub::new(
+                cfg.clone(),
+                timers.clone(),
+                app::namespaces(cfg.conformance),
+            ));
+            let sio = Engine::new(cfg.clone(), timers.clone(), hub, Some("session"));
+            let raw = Engine::new(cfg.clone(), timers, Arc::new(app::EngineEcho), None);
+            let limits = Limits {
+                max_head: cfg.max_header_bytes,
+                max_line: cfg.max_request_line,
+                max_body: cfg.max_payload,
+                header_timeout: cfg.header_timeout,
+                idle_timeout: cfg.idle_timeout,
+            };
+            Arc::new(Server {
+                cfg,
+                sio,
+                raw,
+                limits,
+                open: AtomicUsize::new(0),
+                stopping: AtomicBool::new(false),
+            })
+        }
+
+        pub fn run(self: &Arc<Self>, listener: TcpListener) {
+            let mut n: u64 = 0;
+            loop {
+                match listener.accept() {
+                    Ok((tcp, peer)) => {
+                        n += 1;
+                        self.admit(tcp, peer, n);
+                    }
+                    Err(e) => match e.raw_os_error() {
+                        // Out of file descriptors or memory: say so, back off, go on.
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                            log!(WARN, "accept: {e}; backing off 100 ms");
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO) => {}
+                        _ => {
+                            log!(ERROR, "accept: {e}");
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    },
+                }
+            }
+        }
+
+        fn admit(self: &Arc<Self>, tcp: TcpStream, peer: SocketAddr, n: u64) {
+            let _ = tcp.set_nodelay(true);
+            let open = self.open.fetch_add(1, Ordering::AcqRel);
+            if open >= self.cfg.max_connections || self.stopping.load(Ordering::Relaxed) {
+                self.open.fetch_sub(1, Ordering::AcqRel);
+                return refuse_busy(&tcp);
+            }
+            let server = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("conn-{n}"))
+                .stack_size(self.cfg.thread_stack)
+                .spawn(move || {
+                    let _slot = Slot(&server.open);
+                    server.connection(tcp, peer);
+                });
+            if let Err(e) = spawned {
+                // The thread was not made: the stream was dropped with the closure.
+                self.open.fetch_sub(1, Ordering::AcqRel);
+                log!(WARN, "cannot start a connection thread: {e}");
+            }
+        }
+
+        fn connection(&self, tcp: TcpStream, peer: SocketAddr) {
+            let tcp = Arc::new(tcp);
+            let peer = peer.to_string();
+            let mut buf = Vec::new();
+            loop {
+                let req = match http::read_request(&tcp, &mut buf, &self.limits) {
+                    Ok(req) => req,
+                    Err(HttpError::Closed) => return,
+                    Err(HttpError::Status(status, message)) => {
+                        log!(crate::DEBUG, "{peer}: {status} {message}");
+                        let _ = http::respond(
+                            &tcp,
+                            status,
+                            &[("Content-Type", "text/plain")],
+                            message.as_bytes(),
+                            false,
+                        );
+                        return;
+                    }
+                };
+                let mut conn = Conn {
+                    tcp: &tcp,
+                    peer: &peer,
+                    leftover: &mut buf,
+                };
+                if self.route(&req, &mut conn) == Next::Close {
+                    return;
+                }
+            }
+        }
+
+        fn route(&self, req: &http::Request, c: &mut Conn) -> Next {
+            let page = |status: u16, kind: &str, body: &[u8]| {
+                let keep = req.keep_alive && !req.oversize;
+                match http::respond(c.tcp, status, &[("Content-Type", kind)], body, keep) {
+                    Ok(()) if keep => Next::KeepAlive,
+                    _ => Next::Close,
+                }
+            };
+            match req.path.as_str() {
+                "/socket.io/" | "/socket.io" => self.sio.serve(req, c),
+                "/engine.io/" | "/engine.io" => self.raw.serve(req, c),
+                _ if req.oversize => page(413, "text/plain", b"payload too large"),
+                _ if req.method != "GET" && req.method != "HEAD" => {
+                    page(405, "text/plain", b"method not allowed")
+                }
+                "/" | "/index.html" => page(200, "text/html; charset=utf-8", INDEX_HTML.as_bytes()),
+                "/socket.io/sse.js" => page(
+                    200,
+                    "text/javascript; charset=utf-8",
+                    crate::SSE_JS.as_bytes(),
+                ),
+                "/health" => {
+                    let body = format!(
+                        "{{\"status\":\"ok\",\"sessions\":{},\"connections\":{}}}",
+                        self.sio.sessions().len() + self.raw.sessions().len(),
+                        self.open.load(Ordering::Relaxed)
+                    );
+                    page(200, "application/json", body.as_bytes())
+                }
+                _ => page(404, "text/plain", b"not found"),
+            }
+        }
+
+        /// SIGINT/SIGTERM: stop accepting, close every session (a close packet to each), give
+        /// the connections up to `--shutdown-timeout` to finish, exit.
+        pub fn shutdown(&self) {
+            self.stopping.store(true, Ordering::Relaxed);
+            let sessions: Vec<_> = self
+                .sio
+                .sessions()
+                .into_iter()
+                .chain(self.raw.sessions())
+                .collect();
+            log!(INFO, "shutting down: closing {} sessions", sessions.len());
+            for s in &sessions {
+                s.close("server shutting down");
+            }
+            let deadline = Instant::now() + self.cfg.shutdown_timeout;
+            while Instant::now() < deadline && self.busy_connections() > 0 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            log!(INFO, "stopped");
+        }
+
+        fn busy_connections(&self) -> usize {
+            self.open.load(Ordering::Relaxed)
+        }
+    }
+
+    /// Over the connection cap: a short 503 without spending a thread, never blocking accept.
+    fn refuse_busy(tcp: &TcpStream) {
+        let _ = tcp.set_nonblocking(true);
+        let body = b"server busy: too many connections";
+        let mut out = http::head(
+            503,
+            &[("Retry-After", "1"), ("Content-Type", "text/plain")],
+            Some(body.len()),
+            false,
+        );
+        out.extend_from_slice(body);
+        let _ = (&*tcp).write_all(&out);
+        let _ = tcp.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Blocks SIGINT and SIGTERM in the calling thread (and every thread it starts later), so
+    /// that only `wait_for_signal` receives them.
+    pub fn block_signals() -> libc::sigset_t {
+        // SAFETY: plain libc signal-set calls on a zeroed local set.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            set
+        }
+    }
+
+    pub fn wait_for_signal(set: libc::sigset_t) -> i32 {
+        let mut sig = 0;
+        // SAFETY: sigwait on a set blocked in every thread.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        sig
+    }
+
+    pub fn bind(cfg: &Config) -> io::Result<TcpListener> {
+        TcpListener::bind((cfg.host.as_str(), cfg.port))
+    }
+}
+
+/// The SSE transport for the official socket.io-client (PROTOCOL.md §3), served at
+/// `/socket.io/sse.js`. Filled in by the SSE work; see README.
+pub const SSE_JS: &str = "";
+
+fn main() {
+    let signals = server::block_signals();
+    let cfg = match config::parse(std::env::args().skip(1).collect(), |k| {
+        std::env::var(k).ok()
+    }) {
+        Ok(cfg) => cfg,
+        Err(message) if message.starts_with("tinysio:") => {
+            print!("{message}");
+            return;
+        }
+        Err(message) => {
+            eprintln!("tinysio: {message}");
+            std::process::exit(2);
+        }
+    };
+    let listener = match server::bind(&cfg) {
+        Ok(l) => l,
+        Err(e) => {
+            log!(ERROR, "cannot listen on {}:{}: {e}", cfg.host, cfg.port);
+            std::process::exit(1);
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let profile = if cfg.conformance {
+        " (conformance profile)"
+    } else {
+        ""
+    };
+    let srv = server::Server::new(cfg);
+    log!(INFO, "listening on http://{addr}{profile}");
+    let waiter = srv.clone();
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let sig = server::wait_for_signal(signals);
+            log!(INFO, "signal {sig} received");
+            waiter.shutdown();
+            std::process::exit(0);
+        });
+    srv.run(listener);
+}
+
+#[cfg(test)]
+mod testutil {
+    /// xorshift64: a seeded, repeatable source for the property tests.
+    pub struct Rng(pub u64);
+    impl Rng {
+        pub fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+}
