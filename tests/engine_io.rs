@@ -1,0 +1,312 @@
+//! Engine.IO v4 behaviour of the real binary, over raw HTTP and WebSocket (PROTOCOL.md §1).
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+#[test]
+fn handshake_has_exactly_the_documented_keys_in_order() {
+    let server = Server::start(&[]);
+    let (status, headers, body) = http(&server.addr, "GET", "/socket.io/?EIO=4&transport=polling", &[], b"");
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-type"), Some("text/plain; charset=UTF-8"));
+    let text = String::from_utf8(body).unwrap();
+    let open: serde_json::Value = serde_json::from_str(&text[1..]).unwrap();
+    let keys: Vec<&String> = open.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["sid", "upgrades", "pingInterval", "pingTimeout", "maxPayload"]);
+    assert_eq!(open["upgrades"], serde_json::json!(["websocket"]));
+    assert_eq!((open["pingInterval"].as_u64(), open["pingTimeout"].as_u64()), (Some(25000), Some(20000)));
+    assert_eq!(open["maxPayload"].as_u64(), Some(1_000_000));
+    assert!(open["sid"].as_str().unwrap().len() >= 32, "sid carries 122 random bits");
+}
+
+#[test]
+fn every_error_code_has_its_status_and_exact_message() {
+    let server = Server::start(&[]);
+    let p = "/socket.io/";
+    for (method, query, headers, status, body) in [
+        ("GET", "?EIO=4", vec![], 400, r#"{"code":0,"message":"Transport unknown"}"#),
+        ("GET", "?EIO=4&transport=carrier-pigeon", vec![], 400, r#"{"code":0,"message":"Transport unknown"}"#),
+        ("GET", "?EIO=4&transport=polling&sid=nope", vec![], 400, r#"{"code":1,"message":"Session ID unknown"}"#),
+        ("POST", "?EIO=4&transport=polling", vec![], 400, r#"{"code":2,"message":"Bad handshake method"}"#),
+        ("GET", "?EIO=4&transport=websocket", vec![], 400, r#"{"code":3,"message":"Bad request"}"#),
+        ("GET", "?EIO=4&transport=polling", vec![("Origin", "http://evil.example")], 403, r#"{"code":4,"message":"Forbidden"}"#),
+        ("GET", "?transport=polling", vec![], 400, r#"{"code":5,"message":"Unsupported protocol version"}"#),
+        ("GET", "?EIO=3&transport=polling", vec![], 400, r#"{"code":5,"message":"Unsupported protocol version"}"#),
+        ("GET", "?EIO=x&transport=polling", vec![], 400, r#"{"code":5,"message":"Unsupported protocol version"}"#),
+    ] {
+        let (got, hdrs, got_body) = http(&server.addr, method, &format!("{p}{query}"), &headers, b"");
+        assert_eq!((got, String::from_utf8(got_body).unwrap().as_str()), (status, body), "{method} {query}");
+        assert_eq!(header(&hdrs, "content-type"), Some("application/json"));
+    }
+    // A transport that does not match the session: code 3.
+    let s = Polling::open(&server, p);
+    let (status, _, body) = http(&server.addr, "POST", &format!("{p}?EIO=4&transport=sse&sid={}", s.sid), &[], b"40");
+    assert_eq!((status, String::from_utf8(body).unwrap()), (400, r#"{"code":3,"message":"Bad request"}"#.into()));
+}
+
+#[test]
+fn polling_round_trip_with_text_and_binary() {
+    let server = Server::start(&[]);
+    let s = Polling::open(&server, "/engine.io/");
+    assert_eq!(s.post("4hello\x1e4€\x1ebAQIDBA=="), (200, "ok".into()));
+    assert_eq!(s.packets(), ["4hello", "4€", "bAQIDBA=="]);
+    assert_eq!(s.post("1"), (200, "ok".into()));
+    assert_eq!(s.get().0, 400, "a closed session is forgotten");
+}
+
+#[test]
+fn websocket_session_from_the_start() {
+    let server = Server::start(&[]);
+    let mut ws = ws_connect(&server.addr, "/engine.io/?EIO=4&transport=websocket", &[]).unwrap();
+    let open = ws_text(&mut ws);
+    assert!(open.starts_with("0{\"sid\":"), "{open}");
+    assert!(open.contains("\"upgrades\":[]"), "{open}");
+    ws_send(&mut ws, "4héllo");
+    assert_eq!(ws_text(&mut ws), "4héllo");
+    ws.send(Message::binary(vec![0u8, 1, 255])).unwrap();
+    match ws.read().unwrap() {
+        Message::Binary(b) => assert_eq!(&b[..], &[0, 1, 255]),
+        other => panic!("{other:?}"),
+    }
+    ws_send(&mut ws, "1");
+    server.wait_log("websocket from");
+    server.wait_log(": client close");
+}
+
+#[test]
+fn upgrade_from_polling_flushes_queued_packets_in_order() {
+    let server = Server::start(&[]);
+    let s = Polling::open(&server, "/engine.io/");
+    // A GET is pending when the upgrade starts; the probe must release it with a noop.
+    let pending = {
+        let (addr, q) = (s.addr.clone(), s.query());
+        std::thread::spawn(move || http(&addr, "GET", &q, &[], b""))
+    };
+    let mut ws = ws_connect(&server.addr, &format!("/engine.io/?EIO=4&transport=websocket&sid={}", s.sid), &[]).unwrap();
+    ws_send(&mut ws, "2probe");
+    assert_eq!(ws_text(&mut ws), "3probe");
+    let (status, _, body) = pending.join().unwrap();
+    assert_eq!((status, body), (200, b"6".to_vec()));
+    // Packets sent before the client says `5` are queued, then flushed over the WebSocket.
+    assert_eq!(s.post("4first\x1e4second"), (200, "ok".into()));
+    ws_send(&mut ws, "5");
+    assert_eq!(ws_text(&mut ws), "4first");
+    assert_eq!(ws_text(&mut ws), "4second");
+    ws_send(&mut ws, "4third");
+    assert_eq!(ws_text(&mut ws), "4third");
+    // After the upgrade, polling on that sid is a bad request, and so is a second WebSocket.
+    assert_eq!(s.get().0, 400);
+    let second = ws_connect(&server.addr, &format!("/engine.io/?EIO=4&transport=websocket&sid={}", s.sid), &[]);
+    assert!(second.is_err(), "a second WebSocket on an upgraded sid is refused");
+    server.wait_log("upgrade");
+}
+
+#[test]
+fn ping_timeout_closes_the_session_and_pongs_keep_it() {
+    let server = Server::start(&["--ping-interval", "300", "--ping-timeout", "200"]);
+    let alive = Polling::open(&server, "/engine.io/");
+    let dead = Polling::open(&server, "/engine.io/");
+    let keeper = std::thread::spawn(move || {
+        for _ in 0..4 {
+            assert_eq!(alive.packets(), ["2"]);
+            assert_eq!(alive.post("3"), (200, "ok".into()));
+        }
+        alive
+    });
+    assert_eq!(dead.packets(), ["2"]);
+    // No pong: the pending GET is answered with the close packet once the deadline passes.
+    assert_eq!(dead.packets(), ["1"]);
+    let line = server.wait_log(&format!("close {} polling", dead.sid));
+    assert!(line.ends_with(": ping timeout"), "{line}");
+    assert_eq!(dead.get().0, 400);
+    let alive = keeper.join().unwrap();
+    assert_eq!(alive.packets(), ["2"], "the ponging session lives on");
+}
+
+#[test]
+fn ping_timeout_closes_a_silent_websocket_too() {
+    let server = Server::start(&["--ping-interval", "200", "--ping-timeout", "100"]);
+    let mut ws = ws_connect(&server.addr, "/engine.io/?EIO=4&transport=websocket", &[]).unwrap();
+    ws_text(&mut ws);
+    assert_eq!(ws_text(&mut ws), "2");
+    assert_eq!(ws_text(&mut ws), "1", "closed with a close packet");
+    server.wait_log("websocket from 127.0.0.1");
+    server.wait_log(": ping timeout");
+}
+
+#[test]
+fn second_pending_get_closes_session() {
+    let server = Server::start(&[]);
+    let s = Polling::open(&server, "/engine.io/");
+    let mut first = TcpStream::connect(&server.addr).unwrap();
+    write!(first, "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", s.query()).unwrap();
+    // The first GET is pending once the server has read it; the duplicate can only be seen
+    // after that, so retry the second until the server has taken the first.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = s.get();
+        if status == 400 {
+            assert_eq!(body, r#"{"code":3,"message":"Bad request"}"#);
+            break;
+        }
+        // The first was not pending yet and the second took the queue (a noop here is impossible).
+        assert!(Instant::now() < deadline, "duplicate GET never detected: {status} {body}");
+    }
+    first.set_read_timeout(Some(PATIENCE)).unwrap();
+    let r = read_response(&mut first);
+    assert_eq!((r.status, r.body), (200, b"1".to_vec()), "the first GET gets the close packet");
+    assert_eq!(s.get().0, 400);
+}
+
+#[test]
+fn client_dropping_a_pending_get_is_noticed() {
+    let server = Server::start(&[]);
+    let s = Polling::open(&server, "/engine.io/");
+    {
+        let mut tcp = TcpStream::connect(&server.addr).unwrap();
+        write!(tcp, "GET {} HTTP/1.1\r\nHost: x\r\n\r\n", s.query()).unwrap();
+        tcp.flush().unwrap();
+    } // dropped: FIN while the GET waits
+    server.wait_log(&format!("close {} polling from 127.0.0.1", s.sid));
+    assert!(server.log_text().contains("pending GET dropped"));
+    assert_eq!(s.get().0, 400);
+}
+
+#[test]
+fn oversize_post_gets_413_and_closes_the_session() {
+    let server = Server::start(&["--max-payload", "1000"]);
+    let s = Polling::open(&server, "/engine.io/");
+    assert_eq!(s.open["maxPayload"], 1000);
+    let big = format!("4{}", "x".repeat(2000));
+    let (status, _) = s.post(&big);
+    assert_eq!(status, 413);
+    server.wait_log("payload too large");
+    assert_eq!(s.get().0, 400);
+}
+
+#[test]
+fn oversize_websocket_message_closes_with_1009() {
+    let server = Server::start(&["--max-payload", "1000"]);
+    let mut ws = ws_connect(&server.addr, "/engine.io/?EIO=4&transport=websocket", &[]).unwrap();
+    ws_text(&mut ws);
+    ws_send(&mut ws, &format!("4{}", "x".repeat(5000)));
+    let code = loop {
+        match ws.read() {
+            Ok(Message::Close(Some(frame))) => break u16::from(frame.code),
+            Ok(_) => continue,
+            Err(e) => panic!("expected a close frame, got {e}"),
+        }
+    };
+    assert_eq!(code, 1009);
+    server.wait_log("payload too large");
+}
+
+#[test]
+fn malformed_packets_close_the_session() {
+    let server = Server::start(&[]);
+    for bad in ["9", "", "bnot*base64", "2"] {
+        let s = Polling::open(&server, "/engine.io/");
+        let (status, body) = s.post(bad);
+        assert_eq!((status, body.as_str()), (400, r#"{"code":3,"message":"Bad request"}"#), "{bad:?}");
+        assert_eq!(s.get().0, 400, "{bad:?} closed the session");
+    }
+    let mut ws = ws_connect(&server.addr, "/engine.io/?EIO=4&transport=websocket", &[]).unwrap();
+    ws_text(&mut ws);
+    ws_send(&mut ws, "x");
+    assert_eq!(ws_until(&mut ws, |t| t == "1"), "1");
+    server.wait_log("parse error: unknown Engine.IO packet type");
+}
+
+#[test]
+fn origins_are_checked_on_polling_and_websocket() {
+    let server = Server::start(&[]);
+    let own = format!("http://{}", server.addr);
+    let (status, headers, _) = http(&server.addr, "GET", "/socket.io/?EIO=4&transport=polling", &[("Origin", &own)], b"");
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "access-control-allow-origin"), Some(own.as_str()));
+    assert_eq!(header(&headers, "access-control-allow-credentials"), Some("true"));
+    let (status, headers, _) = http(&server.addr, "GET", "/socket.io/?EIO=4&transport=polling", &[("Origin", "null")], b"");
+    assert_eq!((status, header(&headers, "access-control-allow-origin")), (200, Some("null")));
+    let refused = ws_connect(&server.addr, "/socket.io/?EIO=4&transport=websocket", &[("Origin", "http://evil.example")]);
+    match refused {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+    let (status, _, _) = http(&server.addr, "OPTIONS", "/socket.io/?EIO=4&transport=polling", &[("Origin", "http://evil.example")], b"");
+    assert_eq!(status, 403);
+
+    let open = Server::start(&["--allowed-origins", "*"]);
+    let (status, headers, _) = http(&open.addr, "GET", "/socket.io/?EIO=4&transport=polling", &[("Origin", "http://evil.example")], b"");
+    assert_eq!((status, header(&headers, "access-control-allow-origin")), (200, Some("http://evil.example")));
+    assert!(ws_connect(&open.addr, "/socket.io/?EIO=4&transport=websocket", &[("Origin", "http://a.example")]).is_ok());
+}
+
+#[test]
+fn a_thousand_sessions_leave_no_threads_or_fds_behind() {
+    let mut server = Server::start(&[]);
+    // Warm up: the first connection starts the lazily made pieces (timers are already up).
+    Polling::open(&server, "/engine.io/").post("1");
+    let before = server.threads_and_fds();
+    for i in 0..1000 {
+        if i % 2 == 0 {
+            let s = Polling::open(&server, "/engine.io/");
+            assert_eq!(s.post("4x"), (200, "ok".into()));
+            assert_eq!(s.post("1"), (200, "ok".into()));
+        } else {
+            let mut ws = ws_connect(&server.addr, "/engine.io/?EIO=4&transport=websocket", &[]).unwrap();
+            ws_text(&mut ws);
+            ws.close(None).unwrap();
+            while ws.read().is_ok() {}
+        }
+    }
+    // Connection threads end as their peers go; wait (bounded) for the counts to settle.
+    let deadline = Instant::now() + PATIENCE;
+    let mut now = server.threads_and_fds();
+    while now != before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        now = server.threads_and_fds();
+    }
+    assert_eq!(now, before, "threads and fds back to where they started");
+    let (status, _, body) = http(&server.addr, "GET", "/health", &[], b"");
+    assert_eq!(status, 200);
+    assert!(String::from_utf8(body).unwrap().contains("\"sessions\":0"));
+    server.assert_healthy();
+}
+
+#[test]
+fn a_connection_flood_beyond_the_cap_gets_503_and_the_server_serves_afterwards() {
+    let mut server = Server::start(&["--max-connections", "20"]);
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..60 {
+        let mut tcp = TcpStream::connect(&server.addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let mut buf = [0u8; 512];
+        match tcp.read(&mut buf) {
+            Ok(n) if n > 0 => {
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+                assert!(text.contains("Retry-After: 1"), "{text}");
+                refused += 1;
+            }
+            _ => held.push(tcp), // admitted: the server waits for a request
+        }
+    }
+    assert_eq!(held.len(), 20, "exactly the cap is admitted");
+    assert_eq!(refused, 40);
+    drop(held);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, _, _) = http(&server.addr, "GET", "/health", &[], b"");
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "server never recovered");
+    }
+    let s = Polling::open(&server, "/engine.io/");
+    assert_eq!(s.post("4back"), (200, "ok".into()));
+    assert_eq!(s.packets(), ["4back"]);
+    server.assert_healthy();
+}
