@@ -1,0 +1,97 @@
+"""Interop with the official python-socketio Client (PROTOCOL.md §2 and the §4 echo service)."""
+import os
+import queue
+import re
+import subprocess
+import threading
+
+import pytest
+import socketio
+
+BIN = os.environ.get("TINYSIO_BIN", os.path.join(os.path.dirname(__file__), "../../target/debug/tinysio"))
+WAIT = 20  # seconds: the bound on any single wait; reaching it fails the test
+
+
+@pytest.fixture(scope="module")
+def server():
+    proc = subprocess.Popen([BIN, "--port", "0"], stderr=subprocess.PIPE, text=True)
+    lines = []
+    first = proc.stderr.readline()
+    lines.append(first)
+    url = re.search(r"http://\S+", first).group(0)
+    threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
+    yield url
+    proc.kill()
+    proc.wait()
+    assert not any("panicked" in line for line in lines)
+
+
+def connect(url, transport, **kw):
+    client = socketio.Client(reconnection=False)
+    inbox = queue.Queue()
+    client.on("*", lambda event, *args: inbox.put((event, list(args))))
+    client.connect(url, transports=[transport], wait_timeout=WAIT, **kw)
+    return client, inbox
+
+
+def expect(inbox, name):
+    while True:
+        event, args = inbox.get(timeout=WAIT)
+        if event == name:
+            return args
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+def test_events_acks_and_auth(server, transport):
+    client, inbox = connect(server, transport, auth={"token": "py"})
+    try:
+        assert client.transport() == transport
+        assert expect(inbox, "auth") == [{"token": "py"}]
+        client.emit("message", ("hi", {"n": 1}))
+        assert expect(inbox, "message-back") == ["hi", {"n": 1}]
+        assert client.call("message-with-ack", ("one", 2), timeout=WAIT) == ("one", 2)
+        assert client.call("message-with-ack", "single", timeout=WAIT) == "single"
+    finally:
+        client.disconnect()
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+def test_binary_is_byte_exact(server, transport):
+    client, inbox = connect(server, transport)
+    try:
+        blob = bytes(range(256))
+        payload = (b"\x00\x01", {"nested": {"blob": blob, "list": [b"", b"x"]}})
+        client.emit("message", payload)
+        assert expect(inbox, "message-back") == list(payload)
+        assert client.call("message-with-ack", payload, timeout=WAIT) == payload
+    finally:
+        client.disconnect()
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+def test_call_times_out_when_no_ack_comes(server, transport):
+    client, _ = connect(server, transport)
+    try:
+        # `message` is answered with an event, never with an ack.
+        with pytest.raises(socketio.exceptions.TimeoutError):
+            client.call("message", "no ack for this", timeout=0.5)
+        assert client.call("message-with-ack", "still fine", timeout=WAIT) == "still fine"
+    finally:
+        client.disconnect()
+
+
+def test_server_asks_the_python_client_for_an_ack(server):
+    client, inbox = connect(server, "websocket")
+    try:
+        client.on("ack-me", lambda *args: ("from python",) + args)
+        client.emit("server-ack", (5000, "q"))
+        assert expect(inbox, "server-ack-result") == [{"ok": True, "args": ["from python", "q"]}]
+    finally:
+        client.disconnect()
+
+
+def test_unknown_namespace_is_refused(server):
+    client = socketio.Client(reconnection=False)
+    with pytest.raises(socketio.exceptions.ConnectionError, match="Invalid namespace|One or more namespaces failed"):
+        client.connect(server, namespaces=["/random"], transports=["websocket"], wait_timeout=WAIT)
+    client.disconnect()
