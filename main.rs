@@ -69,7 +69,7 @@ mod config {
         (
             "log-level",
             "info",
-            "error, warn, info or debug (debug logs packet summaries)",
+            "error, warn, info or debug (debug adds refusals and upgrade steps; no level logs payloads)",
         ),
         (
             "connect-timeout",

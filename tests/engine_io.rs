@@ -8,17 +8,41 @@ use std::time::{Duration, Instant};
 #[test]
 fn handshake_has_exactly_the_documented_keys_in_order() {
     let server = Server::start(&[]);
-    let (status, headers, body) = http(&server.addr, "GET", "/socket.io/?EIO=4&transport=polling", &[], b"");
+    let (status, headers, body) = http(
+        &server.addr,
+        "GET",
+        "/socket.io/?EIO=4&transport=polling",
+        &[],
+        b"",
+    );
     assert_eq!(status, 200);
-    assert_eq!(header(&headers, "content-type"), Some("text/plain; charset=UTF-8"));
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("text/plain; charset=UTF-8")
+    );
     let text = String::from_utf8(body).unwrap();
     let open: serde_json::Value = serde_json::from_str(&text[1..]).unwrap();
     let keys: Vec<&String> = open.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["sid", "upgrades", "pingInterval", "pingTimeout", "maxPayload"]);
+    assert_eq!(
+        keys,
+        [
+            "sid",
+            "upgrades",
+            "pingInterval",
+            "pingTimeout",
+            "maxPayload"
+        ]
+    );
     assert_eq!(open["upgrades"], serde_json::json!(["websocket"]));
-    assert_eq!((open["pingInterval"].as_u64(), open["pingTimeout"].as_u64()), (Some(25000), Some(20000)));
+    assert_eq!(
+        (open["pingInterval"].as_u64(), open["pingTimeout"].as_u64()),
+        (Some(25000), Some(20000))
+    );
     assert_eq!(open["maxPayload"].as_u64(), Some(1_000_000));
-    assert!(open["sid"].as_str().unwrap().len() >= 32, "sid carries 122 random bits");
+    assert!(
+        open["sid"].as_str().unwrap().len() >= 32,
+        "sid carries 122 random bits"
+    );
 }
 
 #[test]
@@ -26,24 +50,92 @@ fn every_error_code_has_its_status_and_exact_message() {
     let server = Server::start(&[]);
     let p = "/socket.io/";
     for (method, query, headers, status, body) in [
-        ("GET", "?EIO=4", vec![], 400, r#"{"code":0,"message":"Transport unknown"}"#),
-        ("GET", "?EIO=4&transport=carrier-pigeon", vec![], 400, r#"{"code":0,"message":"Transport unknown"}"#),
-        ("GET", "?EIO=4&transport=polling&sid=nope", vec![], 400, r#"{"code":1,"message":"Session ID unknown"}"#),
-        ("POST", "?EIO=4&transport=polling", vec![], 400, r#"{"code":2,"message":"Bad handshake method"}"#),
-        ("GET", "?EIO=4&transport=websocket", vec![], 400, r#"{"code":3,"message":"Bad request"}"#),
-        ("GET", "?EIO=4&transport=polling", vec![("Origin", "http://evil.example")], 403, r#"{"code":4,"message":"Forbidden"}"#),
-        ("GET", "?transport=polling", vec![], 400, r#"{"code":5,"message":"Unsupported protocol version"}"#),
-        ("GET", "?EIO=3&transport=polling", vec![], 400, r#"{"code":5,"message":"Unsupported protocol version"}"#),
-        ("GET", "?EIO=x&transport=polling", vec![], 400, r#"{"code":5,"message":"Unsupported protocol version"}"#),
+        (
+            "GET",
+            "?EIO=4",
+            vec![],
+            400,
+            r#"{"code":0,"message":"Transport unknown"}"#,
+        ),
+        (
+            "GET",
+            "?EIO=4&transport=carrier-pigeon",
+            vec![],
+            400,
+            r#"{"code":0,"message":"Transport unknown"}"#,
+        ),
+        (
+            "GET",
+            "?EIO=4&transport=polling&sid=nope",
+            vec![],
+            400,
+            r#"{"code":1,"message":"Session ID unknown"}"#,
+        ),
+        (
+            "POST",
+            "?EIO=4&transport=polling",
+            vec![],
+            400,
+            r#"{"code":2,"message":"Bad handshake method"}"#,
+        ),
+        (
+            "GET",
+            "?EIO=4&transport=websocket",
+            vec![],
+            400,
+            r#"{"code":3,"message":"Bad request"}"#,
+        ),
+        (
+            "GET",
+            "?EIO=4&transport=polling",
+            vec![("Origin", "http://evil.example")],
+            403,
+            r#"{"code":4,"message":"Forbidden"}"#,
+        ),
+        (
+            "GET",
+            "?transport=polling",
+            vec![],
+            400,
+            r#"{"code":5,"message":"Unsupported protocol version"}"#,
+        ),
+        (
+            "GET",
+            "?EIO=3&transport=polling",
+            vec![],
+            400,
+            r#"{"code":5,"message":"Unsupported protocol version"}"#,
+        ),
+        (
+            "GET",
+            "?EIO=x&transport=polling",
+            vec![],
+            400,
+            r#"{"code":5,"message":"Unsupported protocol version"}"#,
+        ),
     ] {
-        let (got, hdrs, got_body) = http(&server.addr, method, &format!("{p}{query}"), &headers, b"");
-        assert_eq!((got, String::from_utf8(got_body).unwrap().as_str()), (status, body), "{method} {query}");
+        let (got, hdrs, got_body) =
+            http(&server.addr, method, &format!("{p}{query}"), &headers, b"");
+        assert_eq!(
+            (got, String::from_utf8(got_body).unwrap().as_str()),
+            (status, body),
+            "{method} {query}"
+        );
         assert_eq!(header(&hdrs, "content-type"), Some("application/json"));
     }
     // A transport that does not match the session: code 3.
     let s = Polling::open(&server, p);
-    let (status, _, body) = http(&server.addr, "POST", &format!("{p}?EIO=4&transport=sse&sid={}", s.sid), &[], b"40");
-    assert_eq!((status, String::from_utf8(body).unwrap()), (400, r#"{"code":3,"message":"Bad request"}"#.into()));
+    let (status, _, body) = http(
+        &server.addr,
+        "POST",
+        &format!("{p}?EIO=4&transport=sse&sid={}", s.sid),
+        &[],
+        b"40",
+    );
+    assert_eq!(
+        (status, String::from_utf8(body).unwrap()),
+        (400, r#"{"code":3,"message":"Bad request"}"#.into())
+    );
 }
 
 #[test]
@@ -84,7 +176,12 @@ fn upgrade_from_polling_flushes_queued_packets_in_order() {
         let (addr, q) = (s.addr.clone(), s.query());
         std::thread::spawn(move || http(&addr, "GET", &q, &[], b""))
     };
-    let mut ws = ws_connect(&server.addr, &format!("/engine.io/?EIO=4&transport=websocket&sid={}", s.sid), &[]).unwrap();
+    let mut ws = ws_connect(
+        &server.addr,
+        &format!("/engine.io/?EIO=4&transport=websocket&sid={}", s.sid),
+        &[],
+    )
+    .unwrap();
     ws_send(&mut ws, "2probe");
     assert_eq!(ws_text(&mut ws), "3probe");
     let (status, _, body) = pending.join().unwrap();
@@ -98,8 +195,15 @@ fn upgrade_from_polling_flushes_queued_packets_in_order() {
     assert_eq!(ws_text(&mut ws), "4third");
     // After the upgrade, polling on that sid is a bad request, and so is a second WebSocket.
     assert_eq!(s.get().0, 400);
-    let second = ws_connect(&server.addr, &format!("/engine.io/?EIO=4&transport=websocket&sid={}", s.sid), &[]);
-    assert!(second.is_err(), "a second WebSocket on an upgraded sid is refused");
+    let second = ws_connect(
+        &server.addr,
+        &format!("/engine.io/?EIO=4&transport=websocket&sid={}", s.sid),
+        &[],
+    );
+    assert!(
+        second.is_err(),
+        "a second WebSocket on an upgraded sid is refused"
+    );
     server.wait_log("upgrade");
 }
 
@@ -141,7 +245,12 @@ fn second_pending_get_closes_session() {
     let server = Server::start(&[]);
     let s = Polling::open(&server, "/engine.io/");
     let mut first = TcpStream::connect(&server.addr).unwrap();
-    write!(first, "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", s.query()).unwrap();
+    write!(
+        first,
+        "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        s.query()
+    )
+    .unwrap();
     // The first GET is pending once the server has read it; the duplicate can only be seen
     // after that, so retry the second until the server has taken the first.
     let deadline = Instant::now() + PATIENCE;
@@ -152,11 +261,18 @@ fn second_pending_get_closes_session() {
             break;
         }
         // The first was not pending yet and the second took the queue (a noop here is impossible).
-        assert!(Instant::now() < deadline, "duplicate GET never detected: {status} {body}");
+        assert!(
+            Instant::now() < deadline,
+            "duplicate GET never detected: {status} {body}"
+        );
     }
     first.set_read_timeout(Some(PATIENCE)).unwrap();
     let r = read_response(&mut first);
-    assert_eq!((r.status, r.body), (200, b"1".to_vec()), "the first GET gets the close packet");
+    assert_eq!(
+        (r.status, r.body),
+        (200, b"1".to_vec()),
+        "the first GET gets the close packet"
+    );
     assert_eq!(s.get().0, 400);
 }
 
@@ -209,7 +325,11 @@ fn malformed_packets_close_the_session() {
     for bad in ["9", "", "bnot*base64", "2"] {
         let s = Polling::open(&server, "/engine.io/");
         let (status, body) = s.post(bad);
-        assert_eq!((status, body.as_str()), (400, r#"{"code":3,"message":"Bad request"}"#), "{bad:?}");
+        assert_eq!(
+            (status, body.as_str()),
+            (400, r#"{"code":3,"message":"Bad request"}"#),
+            "{bad:?}"
+        );
         assert_eq!(s.get().0, 400, "{bad:?} closed the session");
     }
     let mut ws = ws_connect(&server.addr, "/engine.io/?EIO=4&transport=websocket", &[]).unwrap();
@@ -223,24 +343,69 @@ fn malformed_packets_close_the_session() {
 fn origins_are_checked_on_polling_and_websocket() {
     let server = Server::start(&[]);
     let own = format!("http://{}", server.addr);
-    let (status, headers, _) = http(&server.addr, "GET", "/socket.io/?EIO=4&transport=polling", &[("Origin", &own)], b"");
+    let (status, headers, _) = http(
+        &server.addr,
+        "GET",
+        "/socket.io/?EIO=4&transport=polling",
+        &[("Origin", &own)],
+        b"",
+    );
     assert_eq!(status, 200);
-    assert_eq!(header(&headers, "access-control-allow-origin"), Some(own.as_str()));
-    assert_eq!(header(&headers, "access-control-allow-credentials"), Some("true"));
-    let (status, headers, _) = http(&server.addr, "GET", "/socket.io/?EIO=4&transport=polling", &[("Origin", "null")], b"");
-    assert_eq!((status, header(&headers, "access-control-allow-origin")), (200, Some("null")));
-    let refused = ws_connect(&server.addr, "/socket.io/?EIO=4&transport=websocket", &[("Origin", "http://evil.example")]);
+    assert_eq!(
+        header(&headers, "access-control-allow-origin"),
+        Some(own.as_str())
+    );
+    assert_eq!(
+        header(&headers, "access-control-allow-credentials"),
+        Some("true")
+    );
+    let (status, headers, _) = http(
+        &server.addr,
+        "GET",
+        "/socket.io/?EIO=4&transport=polling",
+        &[("Origin", "null")],
+        b"",
+    );
+    assert_eq!(
+        (status, header(&headers, "access-control-allow-origin")),
+        (200, Some("null"))
+    );
+    let refused = ws_connect(
+        &server.addr,
+        "/socket.io/?EIO=4&transport=websocket",
+        &[("Origin", "http://evil.example")],
+    );
     match refused {
         Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
         other => panic!("expected 403, got {:?}", other.map(|_| ())),
     }
-    let (status, _, _) = http(&server.addr, "OPTIONS", "/socket.io/?EIO=4&transport=polling", &[("Origin", "http://evil.example")], b"");
+    let (status, _, _) = http(
+        &server.addr,
+        "OPTIONS",
+        "/socket.io/?EIO=4&transport=polling",
+        &[("Origin", "http://evil.example")],
+        b"",
+    );
     assert_eq!(status, 403);
 
     let open = Server::start(&["--allowed-origins", "*"]);
-    let (status, headers, _) = http(&open.addr, "GET", "/socket.io/?EIO=4&transport=polling", &[("Origin", "http://evil.example")], b"");
-    assert_eq!((status, header(&headers, "access-control-allow-origin")), (200, Some("http://evil.example")));
-    assert!(ws_connect(&open.addr, "/socket.io/?EIO=4&transport=websocket", &[("Origin", "http://a.example")]).is_ok());
+    let (status, headers, _) = http(
+        &open.addr,
+        "GET",
+        "/socket.io/?EIO=4&transport=polling",
+        &[("Origin", "http://evil.example")],
+        b"",
+    );
+    assert_eq!(
+        (status, header(&headers, "access-control-allow-origin")),
+        (200, Some("http://evil.example"))
+    );
+    assert!(ws_connect(
+        &open.addr,
+        "/socket.io/?EIO=4&transport=websocket",
+        &[("Origin", "http://a.example")]
+    )
+    .is_ok());
 }
 
 #[test]
@@ -255,7 +420,8 @@ fn a_thousand_sessions_leave_no_threads_or_fds_behind() {
             assert_eq!(s.post("4x"), (200, "ok".into()));
             assert_eq!(s.post("1"), (200, "ok".into()));
         } else {
-            let mut ws = ws_connect(&server.addr, "/engine.io/?EIO=4&transport=websocket", &[]).unwrap();
+            let mut ws =
+                ws_connect(&server.addr, "/engine.io/?EIO=4&transport=websocket", &[]).unwrap();
             ws_text(&mut ws);
             ws.close(None).unwrap();
             while ws.read().is_ok() {}
@@ -282,7 +448,8 @@ fn a_connection_flood_beyond_the_cap_gets_503_and_the_server_serves_afterwards()
     let mut refused = 0;
     for _ in 0..60 {
         let mut tcp = TcpStream::connect(&server.addr).unwrap();
-        tcp.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
         let mut buf = [0u8; 512];
         match tcp.read(&mut buf) {
             Ok(n) if n > 0 => {

@@ -38,9 +38,20 @@ impl Server {
                 sink.1.notify_all();
             }
         });
-        let mut server = Server { child, addr: String::new(), log };
+        let mut server = Server {
+            child,
+            addr: String::new(),
+            log,
+        };
         let line = server.wait_log("listening on http://");
-        server.addr = line.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+        server.addr = line
+            .split("http://")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string();
         server
     }
 
@@ -57,9 +68,14 @@ impl Server {
             if let Some(line) = guard.iter().find(|l| l.contains(needle)) {
                 return line.clone();
             }
-            let left = deadline.checked_duration_since(Instant::now()).unwrap_or_else(|| {
-                panic!("no log line with {needle:?}; log so far:\n{}", guard.join("\n"))
-            });
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "no log line with {needle:?}; log so far:\n{}",
+                        guard.join("\n")
+                    )
+                });
             guard = cv.wait_timeout(guard, left).unwrap().0;
         }
     }
@@ -73,7 +89,10 @@ impl Server {
     }
 
     pub fn signal(&self, sig: &str) {
-        Command::new("kill").args([sig, &self.pid().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .unwrap();
     }
 
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
@@ -90,14 +109,23 @@ impl Server {
     /// Thread count and open fds of the server, from /proc.
     pub fn threads_and_fds(&self) -> (usize, usize) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let threads = status.lines().find(|l| l.starts_with("Threads:")).unwrap()[8..].trim().parse().unwrap();
-        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid())).unwrap().count();
+        let threads = status.lines().find(|l| l.starts_with("Threads:")).unwrap()[8..]
+            .trim()
+            .parse()
+            .unwrap();
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count();
         (threads, fds)
     }
 
     /// The server must still be alive and must never have panicked.
     pub fn assert_healthy(&mut self) {
-        assert!(self.child.try_wait().unwrap().is_none(), "server exited:\n{}", self.log_text());
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "server exited:\n{}",
+            self.log_text()
+        );
         let log = self.log_text();
         assert!(!log.contains("panicked"), "server panicked:\n{log}");
         let (status, _, body) = http(&self.addr, "GET", "/health", &[], b"");
@@ -119,15 +147,30 @@ pub struct Response {
 }
 
 /// One HTTP/1.1 request on its own connection (`Connection: close`).
-pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
     let r = request(addr, method, path, headers, body);
     (r.status, r.headers, r.body)
 }
 
-pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+pub fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let mut tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -141,7 +184,8 @@ pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], b
 pub fn read_response(tcp: &mut TcpStream) -> Response {
     let mut raw = Vec::new();
     let _ = tcp.read_to_end(&mut raw);
-    parse_response(&raw).unwrap_or_else(|| panic!("bad response: {:?}", String::from_utf8_lossy(&raw)))
+    parse_response(&raw)
+        .unwrap_or_else(|| panic!("bad response: {:?}", String::from_utf8_lossy(&raw)))
 }
 
 pub fn parse_response(raw: &[u8]) -> Option<Response> {
@@ -153,11 +197,18 @@ pub fn parse_response(raw: &[u8]) -> Option<Response> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    Some(Response { status, headers, body: raw[end + 4..].to_vec() })
+    Some(Response {
+        status,
+        headers,
+        body: raw[end + 4..].to_vec(),
+    })
 }
 
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// An Engine.IO session over polling, on any path (`/socket.io/` or `/engine.io/`).
@@ -170,12 +221,23 @@ pub struct Polling {
 
 impl Polling {
     pub fn open(server: &Server, path: &str) -> Polling {
-        let (status, _, body) = http(&server.addr, "GET", &format!("{path}?EIO=4&transport=polling"), &[], b"");
+        let (status, _, body) = http(
+            &server.addr,
+            "GET",
+            &format!("{path}?EIO=4&transport=polling"),
+            &[],
+            b"",
+        );
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         let text = String::from_utf8(body).unwrap();
         assert!(text.starts_with('0'), "{text}");
         let open: serde_json::Value = serde_json::from_str(&text[1..]).unwrap();
-        Polling { addr: server.addr.clone(), path: path.into(), sid: open["sid"].as_str().unwrap().into(), open }
+        Polling {
+            addr: server.addr.clone(),
+            path: path.into(),
+            sid: open["sid"].as_str().unwrap().into(),
+            open,
+        }
     }
 
     pub fn query(&self) -> String {
@@ -217,9 +279,15 @@ impl Polling {
 }
 
 /// Opens a WebSocket to `path_and_query` (with optional extra headers).
-pub fn ws_connect(addr: &str, path_and_query: &str, headers: &[(&str, &str)]) -> Result<Ws, tungstenite::Error> {
+pub fn ws_connect(
+    addr: &str,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> Result<Ws, tungstenite::Error> {
     use tungstenite::client::IntoClientRequest;
-    let mut req = format!("ws://{addr}{path_and_query}").into_client_request().unwrap();
+    let mut req = format!("ws://{addr}{path_and_query}")
+        .into_client_request()
+        .unwrap();
     for (k, v) in headers {
         req.headers_mut().insert(
             tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
