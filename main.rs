@@ -1927,9 +1927,12 @@ mod engine {
         /// The WebSocket, once upgraded (or while probing an upgrade).
         ws: Option<Arc<WsConn>>,
         upgrading: bool,
+        /// The old transport delivered its noop and waits out the upgrade: it sends no more.
+        paused: bool,
         poll_waiting: bool,
+        /// Pings sent, and the ping count when the last pong came (a pong answers them all).
         ping_seq: u64,
-        awaiting_pong: bool,
+        pong_seq: u64,
         sse: SseLog,
     }
 
@@ -1940,6 +1943,27 @@ mod engine {
         sent: VecDeque<(u64, Arc<Out>)>,
         /// Bumped by each new stream: an older stream thread sees it and ends.
         stream: u64,
+    }
+
+    impl State {
+        fn has_deliverable(&self) -> bool {
+            !self.paused && !self.queue.is_empty()
+        }
+
+        /// What polling or SSE may deliver now: everything queued, except that during an
+        /// upgrade the old transport stops after its noop and the rest waits for the WebSocket.
+        fn take_deliverable(&mut self) -> Vec<Arc<Out>> {
+            let mut out = Vec::new();
+            while !self.paused {
+                let Some(p) = self.queue.pop_front() else {
+                    break;
+                };
+                self.queued_bytes = self.queued_bytes.saturating_sub(p.payload().len());
+                self.paused = self.upgrading && p.is_noop();
+                out.push(p);
+            }
+            out
+        }
     }
 
     fn shared(cell: &'static OnceLock<Arc<Out>>, text: &str) -> Arc<Out> {
@@ -2258,9 +2282,10 @@ mod engine {
                     queued_bytes: 0,
                     ws,
                     upgrading: false,
+                    paused: false,
                     poll_waiting: false,
                     ping_seq: 0,
-                    awaiting_pong: false,
+                    pong_seq: 0,
                     sse: SseLog::default(),
                 }),
                 wake: Condvar::new(),
@@ -2291,7 +2316,6 @@ mod engine {
                     return;
                 }
                 st.ping_seq += 1;
-                st.awaiting_pong = true;
                 st.ping_seq
             };
             s.send_all(&[shared(&PING, "2")]);
@@ -2300,10 +2324,7 @@ mod engine {
                 let (Some(s), Some(e)) = (session.upgrade(), engine.upgrade()) else {
                     return;
                 };
-                let late = {
-                    let st = lock(&s.state);
-                    st.awaiting_pong && st.ping_seq == seq
-                };
+                let late = lock(&s.state).pong_seq < seq;
                 if late {
                     e.close(&s, "ping timeout");
                 }
@@ -2327,7 +2348,8 @@ mod engine {
                 Packet::Message(text) => self.handler.message(s, Message::Text(&text)),
                 Packet::Binary(data) => self.handler.message(s, Message::Binary(&data)),
                 Packet::Pong(_) => {
-                    lock(&s.state).awaiting_pong = false;
+                    let mut st = lock(&s.state);
+                    st.pong_seq = st.ping_seq;
                     Ok(())
                 }
                 Packet::Close => {
@@ -2359,7 +2381,8 @@ mod engine {
             }
             st.poll_waiting = true;
             let mut gone = false;
-            while st.closed.is_none() && st.queue.is_empty() && st.transport == Transport::Polling {
+            while st.closed.is_none() && !st.has_deliverable() && st.transport == Transport::Polling
+            {
                 let (guard, wait) = s
                     .wake
                     .wait_timeout(st, Duration::from_millis(500))
@@ -2372,8 +2395,7 @@ mod engine {
                 }
             }
             st.poll_waiting = false;
-            let mut packets: Vec<Arc<Out>> = st.queue.drain(..).collect();
-            st.queued_bytes = 0;
+            let mut packets = st.take_deliverable();
             if st.closed.is_some() {
                 packets.push(shared(&CLOSE, "1"));
             } else if packets.is_empty() {
@@ -2523,7 +2545,9 @@ mod engine {
                 let mut st = lock(&s.state);
                 if st.upgrading {
                     st.upgrading = false;
+                    st.paused = false;
                     st.ws = None;
+                    s.wake.notify_all();
                 }
                 drop(st);
                 conn.close(None);
@@ -2551,6 +2575,7 @@ mod engine {
                             return false;
                         }
                         st.upgrading = false;
+                        st.paused = false;
                         st.transport = Transport::WebSocket;
                         let queued: Vec<Arc<Out>> =
                             st.queue.drain(..).filter(|p| !p.is_noop()).collect();
@@ -2683,7 +2708,7 @@ mod engine {
                     if st.sse.stream != me || st.transport != Transport::Sse {
                         return Next::Close; // replaced by a newer stream, or upgraded
                     }
-                    if !st.queue.is_empty() || st.closed.is_some() {
+                    if st.has_deliverable() || st.closed.is_some() {
                         break;
                     }
                     let (guard, wait) = s
@@ -2691,13 +2716,12 @@ mod engine {
                         .wait_timeout(st, keepalive)
                         .unwrap_or_else(|e| e.into_inner());
                     st = guard;
-                    if wait.timed_out() && st.queue.is_empty() && st.closed.is_none() {
+                    if wait.timed_out() && !st.has_deliverable() && st.closed.is_none() {
                         out.extend_from_slice(b":\n\n"); // keep-alive comment; a dead peer fails it
                         break;
                     }
                 }
-                let mut drained: Vec<Arc<Out>> = st.queue.drain(..).collect();
-                st.queued_bytes = 0;
+                let mut drained = st.take_deliverable();
                 let closed = st.closed.is_some();
                 if closed {
                     drained.push(shared(&CLOSE, "1"));
@@ -2734,7 +2758,6 @@ mod engine {
                     return;
                 }
                 st.closed = Some(reason.to_string());
-                st.awaiting_pong = false;
                 s.wake.notify_all();
                 (st.ws.take(), st.transport)
             };
