@@ -3995,9 +3995,65 @@ mod server {
     }
 }
 
-/// The SSE transport for the official socket.io-client (PROTOCOL.md §3), served at
-/// `/socket.io/sse.js`. Filled in by the SSE work; see README.
-pub const SSE_JS: &str = "";
+/// The SSE transport for the official socket.io-client 4.8 (engine.io-client 6.6 takes transport
+/// classes), served at `/socket.io/sse.js` (PROTOCOL.md §3). It is the client's own polling
+/// class with the downstream replaced: an EventSource instead of GETs; POSTs go up as in
+/// polling. EventSource reconnects by itself with `Last-Event-ID`, which the server resumes.
+/// Use: `transports: [WebSocket, sseTransport(XHR), XHR], tryAllTransports: true`.
+pub const SSE_JS: &str = r#"// tinysio SSE transport for socket.io-client >= 4.8. Served by tinysio at /socket.io/sse.js.
+//   import { io, WebSocket, XHR } from "socket.io-client";        // Node: NodeWebSocket, NodeXHR
+//   import { sseTransport } from "http://HOST/socket.io/sse.js";
+//   io(URL, { transports: [WebSocket, sseTransport(XHR), XHR], tryAllTransports: true });
+// Polling is the client's polling class (XHR, Fetch or NodeXHR); EventSourceImpl defaults to
+// the browser's (under Node pass one, e.g. the `eventsource` package).
+export function sseTransport(Polling, EventSourceImpl = globalThis.EventSource) {
+  return class SSE extends Polling {
+    get name() {
+      return "sse";
+    }
+    // The polling loop asks for the next GET after every payload; SSE has one stream instead.
+    doPoll() {
+      if (this._stream) return;
+      const stream = new EventSourceImpl(this.uri(), { withCredentials: !!this.opts.withCredentials });
+      this._stream = stream;
+      stream.onmessage = (event) => this.onData(event.data);
+      stream.onerror = () => {
+        // CONNECTING: EventSource is resuming the stream by itself (Last-Event-ID).
+        // CLOSED, or failing before the open packet: the transport has failed.
+        if (stream.readyState === 2 || this.readyState === "opening") {
+          this._stop();
+          this.onError("sse error", "the event stream failed");
+        }
+      };
+    }
+    // Upgrade: the server sent its noop; stop the stream once pending POSTs are done.
+    pause(onPause) {
+      this.readyState = "pausing";
+      const paused = () => {
+        this._stop();
+        this.readyState = "paused";
+        onPause();
+      };
+      if (this.writable) paused();
+      else this.once("drain", paused);
+    }
+    doClose() {
+      this._stop();
+      super.doClose();
+    }
+    onClose(details) {
+      this._stop();
+      super.onClose(details);
+    }
+    _stop() {
+      if (this._stream) {
+        this._stream.close();
+        this._stream = null;
+      }
+    }
+  };
+}
+"#;
 
 fn main() {
     let signals = server::block_signals();
