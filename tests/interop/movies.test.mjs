@@ -1,0 +1,102 @@
+// The /movies app (PROTOCOL.md §4) through the official socket.io-client@4.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { io } from "socket.io-client";
+import { startServer, next } from "./server.mjs";
+
+let server;
+before(async () => (server = await startServer()));
+after(async () => {
+  assert.equal(server.panicked(), false);
+  await server.stop();
+});
+
+const sockets = [];
+async function movies(opts = {}) {
+  const s = io(server.url + "/movies", { forceNew: true, reconnection: false, transports: ["websocket"], ...opts });
+  sockets.push(s);
+  const [state] = await next(s, "on_connect");
+  return [s, state];
+}
+test.afterEach(() => {
+  while (sockets.length) sockets.pop().close();
+});
+const ask = (s, ...args) => s.timeout(10_000).emitWithAck(...args);
+
+test("connect answers on_connect; identify validates names and logs them", async () => {
+  const [s, state] = await movies();
+  assert.equal(state.logged_in, false);
+  for (const [bad, error] of [["", /empty/], ["   ", /empty/], ["x".repeat(33), /longer than 32/], ["a\u0007b", /control/], [42, /must be a string/]]) {
+    const r = await ask(s, "identify", bad);
+    assert.equal(r.ok, false, JSON.stringify(bad));
+    assert.match(r.error, error);
+  }
+  assert.deepEqual(await ask(s, "identify", "  Ada  "), { ok: true, username: "Ada" });
+  await server.waitLog("Identify: Ada");
+});
+
+test("the session from on_connect, sent as CONNECT payload, logs a later connection in", async () => {
+  const [first, state] = await movies();
+  assert.match(state.session, /^[0-9a-f-]{36}$/);
+  await ask(first, "identify", "Grace");
+  first.close();
+  const [, again] = await movies({ auth: { session: state.session } });
+  assert.deepEqual(again, { logged_in: true, username: "Grace" });
+});
+
+test("chat reaches the room's members, sender included, and no one else", async () => {
+  const [a] = await movies();
+  const [b] = await movies({ transports: ["polling"] });
+  const [c] = await movies();
+  await ask(a, "identify", "ann");
+  await ask(b, "identify", "ben");
+  await ask(c, "identify", "cy");
+  assert.equal((await ask(a, "join", "Metropolis")).ok, true);
+  const joinedB = await ask(b, "join", "Metropolis");
+  assert.deepEqual(joinedB.users, ["ann", "ben"]);
+  await ask(c, "join", "Alien");
+  let cGot = false;
+  c.on("chat", () => (cGot = true));
+  const gotA = next(a, "chat");
+  const gotB = next(b, "chat");
+  assert.deepEqual(await ask(a, "chat", "Metropolis", "the robot!"), { ok: true, delivered: 2 });
+  for (const [m] of [await gotA, await gotB]) {
+    assert.equal(m.room, "Metropolis");
+    assert.equal(m.text, "the robot!");
+    assert.equal(m.from, "ann");
+  }
+  // c's own chat comes after anything sent to it earlier.
+  const gotC = next(c, "chat");
+  await ask(c, "chat", "Alien", "quiet here");
+  assert.equal((await gotC)[0].text, "quiet here");
+  assert.equal(cGot, true);
+  c.off("chat");
+});
+
+test("refusals come back through the ack: chat to a room the sender is not in, before identify, bad rooms", async () => {
+  const [s] = await movies();
+  assert.deepEqual(await ask(s, "chat", "Alien", "hi"), { ok: false, error: "identify first" });
+  await ask(s, "identify", "dee");
+  assert.deepEqual(await ask(s, "chat", "Alien", "hi"), { ok: false, error: "not in room Alien" });
+  await ask(s, "join", "Alien");
+  assert.equal((await ask(s, "chat", "Alien", "   ")).ok, false);
+  assert.equal((await ask(s, "join", "")).ok, false);
+  assert.deepEqual(await ask(s, "leave", "Casablanca"), { ok: false, error: "not in room Casablanca" });
+  assert.deepEqual(await ask(s, "leave", "Alien"), { ok: true, room: "Alien" });
+  assert.deepEqual(await ask(s, "chat", "Alien", "hi"), { ok: false, error: "not in room Alien" });
+});
+
+test("who is online per room follows joins, leaves and disconnects", async () => {
+  const [a] = await movies();
+  const [b] = await movies();
+  await ask(a, "identify", "eve");
+  await ask(b, "identify", "fay");
+  await ask(a, "join", "Casablanca");
+  const seen = next(a, "online");
+  await ask(b, "join", "Casablanca");
+  assert.deepEqual((await seen)[0], { room: "Casablanca", users: ["eve", "fay"] });
+  const left = next(a, "online");
+  b.close();
+  assert.deepEqual((await left)[0], { room: "Casablanca", users: ["eve"] });
+  assert.deepEqual(await ask(a, "online", "Casablanca"), { ok: true, room: "Casablanca", users: ["eve"] });
+});

@@ -1,0 +1,103 @@
+// index.html in headless Chromium (playwright-core + Debian's chromium), against the real server.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { execSync } from "node:child_process";
+import { mkdirSync } from "node:fs";
+import { chromium } from "playwright-core";
+import { startServer } from "./server.mjs";
+
+const CHROMIUM = execSync("command -v chromium || true", { shell: "/bin/bash" }).toString().trim();
+const skip = CHROMIUM ? false : "chromium is not installed here (CI's .ci/run installs it)";
+const ARTIFACTS = new URL("../artifacts/", import.meta.url).pathname;
+const PAGE_FILE = new URL("../../index.html", import.meta.url).pathname;
+
+let server, browser;
+before(async () => {
+  if (skip) return;
+  server = await startServer();
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+  });
+});
+after(async () => {
+  if (skip) return;
+  await browser.close();
+  assert.equal(server.panicked(), false);
+  await server.stop();
+});
+
+async function open(url) {
+  const context = await browser.newContext({ viewport: { width: 1200, height: 800 } });
+  const page = await context.newPage();
+  await page.goto(url);
+  await connected(page);
+  return page;
+}
+const connected = (page) => page.waitForSelector('#status[data-state="connected"]');
+async function name(page, who) {
+  await page.fill("#name", who);
+  await page.click("#identify");
+  await page.waitForFunction((w) => document.getElementById("whoami").textContent === w, who);
+}
+async function join(page, room) {
+  await page.click(`button[data-room="${room}"]`);
+  await page.waitForSelector(`button[data-room="${room}"]:text("Leave")`);
+}
+async function say(page, text) {
+  await page.fill("#text", text);
+  await page.click("#send");
+}
+const line = (page, text) => page.locator(".msg .text", { hasText: text }).waitFor();
+
+test("two people in one movie see each other's chat; a third in another sees nothing; reload keeps the name", { skip }, async () => {
+  const alice = await open(server.url + "/");
+  const bob = await open(server.url + "/");
+  const carol = await open(server.url + "/");
+  await name(alice, "alice");
+  await name(bob, "bob");
+  await name(carol, "carol");
+  await join(alice, "Metropolis");
+  await join(bob, "Metropolis");
+  await join(carol, "Alien");
+  await alice.waitForSelector('#online b:text("bob")');
+  await say(alice, "hello from alice");
+  await line(bob, "hello from alice");
+  await say(bob, "hi alice, bob here");
+  await line(alice, "hi alice, bob here");
+  // Carol's own line arrives after anything sent to her before it: she must have only hers.
+  await say(carol, "anyone watching Alien?");
+  await line(carol, "anyone watching Alien?");
+  assert.equal(await carol.locator(".msg").count(), 1);
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await alice.screenshot({ path: ARTIFACTS + "page.png" });
+  // Reload: the session cookie brings the name back (logged_in).
+  await alice.reload();
+  await connected(alice);
+  await alice.waitForFunction(() => document.getElementById("whoami").textContent === "alice");
+});
+
+for (const transport of ["websocket", "sse", "polling"]) {
+  test(`forced transport ${transport} works`, { skip }, async () => {
+    const page = await open(`${server.url}/?transport=${transport}`);
+    assert.equal(await page.getAttribute("#status", "data-transport"), transport);
+    await name(page, `via-${transport}`);
+    await join(page, "Casablanca");
+    await say(page, `over ${transport}`);
+    await line(page, `over ${transport}`);
+    await page.context().close();
+  });
+}
+
+test("the page opened from a file:// URL works against the server", { skip }, async () => {
+  const page = await open(`file://${PAGE_FILE}?server=${encodeURIComponent(server.url)}`);
+  await name(page, "from-disk");
+  await join(page, "Amélie");
+  await say(page, "opened from disk");
+  await line(page, "opened from disk");
+  // No cookie from a file:// page: the session travels in the CONNECT payload instead.
+  await page.reload();
+  await connected(page);
+  await page.waitForFunction(() => document.getElementById("whoami").textContent === "from-disk");
+  await page.context().close();
+});
