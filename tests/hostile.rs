@@ -1,0 +1,356 @@
+//! Hostile clients (issue: limits, back-pressure, fuzzing): every attack is answered with a
+//! clear HTTP error or a protocol close, the process never panics, and afterwards a normal
+//! client connects and chats.
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// Sends raw bytes on a fresh connection; returns whatever the server answered before closing.
+fn raw(addr: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    let _ = tcp.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = tcp.read_to_end(&mut out);
+    out
+}
+
+fn status_of(answer: &[u8]) -> u16 {
+    parse_response(answer).map_or(0, |r| r.status)
+}
+
+/// A WebSocket after a hand-made handshake, for writing frames no library would.
+fn raw_ws(addr: &str) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(
+        tcp,
+        "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tcp
+}
+
+/// Reads server frames until a close frame; returns its code (None if the socket just ended).
+fn close_code(tcp: &mut TcpStream) -> Option<u16> {
+    let mut all = Vec::new();
+    let _ = tcp.read_to_end(&mut all);
+    let mut i = 0;
+    while i + 2 <= all.len() {
+        let (op, len) = (all[i] & 0x0f, (all[i + 1] & 0x7f) as usize);
+        let (len, head) = match len {
+            126 => (u16::from_be_bytes([all[i + 2], all[i + 3]]) as usize, 4),
+            127 => return None,
+            n => (n, 2),
+        };
+        if op == 0x8 && len >= 2 {
+            return Some(u16::from_be_bytes([all[i + head], all[i + head + 1]]));
+        }
+        i += head + len;
+    }
+    None
+}
+
+fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![first, 0x80 | payload.len() as u8, 1, 2, 3, 4];
+    f.extend(
+        payload
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]),
+    );
+    f
+}
+
+/// After everything: a normal client connects to /movies, names itself, joins and chats.
+fn normal_client_chats(server: &Server) {
+    let mut ws = ws_connect(&server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).unwrap();
+    ws_text(&mut ws);
+    ws_send(&mut ws, "40/movies,");
+    ws_until(&mut ws, |t| t.starts_with("42/movies,[\"on_connect\""));
+    ws_send(&mut ws, "42/movies,1[\"identify\",\"survivor\"]");
+    ws_until(&mut ws, |t| t.starts_with("43/movies,1"));
+    ws_send(&mut ws, "42/movies,2[\"join\",\"Alien\"]");
+    ws_until(&mut ws, |t| t.starts_with("43/movies,2"));
+    ws_send(
+        &mut ws,
+        "42/movies,3[\"chat\",\"Alien\",\"still standing\"]",
+    );
+    let chat = ws_until(&mut ws, |t| t.contains("\"chat\""));
+    assert!(chat.contains("still standing"), "{chat}");
+}
+
+#[test]
+fn hostile_clients_get_clear_refusals_and_never_disturb_a_normal_one() {
+    let mut server = Server::start(&["--header-timeout", "500", "--max-payload", "10000"]);
+    let a = server.addr.clone();
+    let mut rng = Rng(0x5eed);
+
+    // Random bytes on raw sockets.
+    for _ in 0..40 {
+        let len = 1 + rng.next() as usize % 4096;
+        let junk = rng.bytes(len);
+        let answer = raw(&a, &junk);
+        assert!(
+            answer.is_empty() || [400, 408, 414, 431, 501].contains(&status_of(&answer)),
+            "{:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+
+    // Slowloris: half-sent heads are cut off at the header timeout with 408, while a normal
+    // request on another connection is served at once.
+    let mut slow: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut t = TcpStream::connect(&a).unwrap();
+            t.write_all(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .unwrap();
+            t.set_read_timeout(Some(PATIENCE)).unwrap();
+            t
+        })
+        .collect();
+    assert_eq!(http(&a, "GET", "/health", &[], b"").0, 200);
+    for t in &mut slow {
+        let _ = t.write_all(b"a");
+        let mut answer = Vec::new();
+        let _ = t.read_to_end(&mut answer);
+        assert_eq!(
+            status_of(&answer),
+            408,
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+
+    // Huge heads and lines.
+    let huge_header = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    assert_eq!(status_of(&raw(&a, huge_header.as_bytes())), 431);
+    let many = (0..100)
+        .map(|i| format!("X-{i}: v\r\n"))
+        .collect::<String>();
+    assert_eq!(
+        status_of(&raw(&a, format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes())),
+        431
+    );
+    let long_line = format!(
+        "GET /socket.io/?{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "q".repeat(10_000)
+    );
+    assert_eq!(status_of(&raw(&a, long_line.as_bytes())), 414);
+    assert_eq!(
+        status_of(&raw(
+            &a,
+            b"POST /health HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"
+        )),
+        413
+    );
+    assert_eq!(
+        status_of(&raw(
+            &a,
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        )),
+        501
+    );
+
+    // Invalid UTF-8 in every field.
+    for request in [
+        &b"G\xffT / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"GET /\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /socket.io/?EIO=4&transport=polling&sid=\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nOrigin: http://\xff\r\n\r\n",
+        b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nCookie: session=\xff\xfe\r\n\r\n",
+        b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nX-\xff: v\r\n\r\n",
+        b"GET /socket.io/?EIO=4&transport=sse HTTP/1.1\r\nHost: x\r\nLast-Event-ID: \xff:\xff\r\n\r\n",
+    ] {
+        let mut request = request.to_vec();
+        let at = request.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+        request.splice(at..at, b"Connection: close\r\n".iter().copied());
+        let answer = raw(&a, &request);
+        let status = status_of(&answer);
+        assert!(matches!(status, 200 | 400 | 403 | 404), "{:?} → {:?}", String::from_utf8_lossy(&request), String::from_utf8_lossy(&answer));
+        assert!(!answer.windows(2).any(|w| w == [0xff, 0xfe]), "nothing unchecked is echoed");
+    }
+    let s = Polling::open(&server, "/socket.io/");
+    let (status, _, _) = http(&a, "POST", &s.query(), &[], b"4\xff\xfe");
+    assert_eq!(status, 400, "a body that is not UTF-8 closes the session");
+    assert_eq!(s.get().0, 400);
+
+    // Bad WebSocket frames: unmasked, unknown opcode, oversize.
+    let mut t = raw_ws(&a);
+    t.write_all(&[0x81, 0x02, b'4', b'x']).unwrap(); // a client frame without a mask
+    assert_eq!(close_code(&mut t), Some(1002));
+    let mut t = raw_ws(&a);
+    t.write_all(&masked_frame(0x83, b"??")).unwrap(); // opcode 3 is reserved
+    assert_eq!(close_code(&mut t), Some(1002));
+    let mut t = raw_ws(&a);
+    let mut big = vec![0x82, 0xff];
+    big.extend_from_slice(&(1u64 << 40).to_be_bytes()); // announces a terabyte
+    big.extend_from_slice(&[1, 2, 3, 4]);
+    t.write_all(&big).unwrap();
+    assert_eq!(close_code(&mut t), Some(1009));
+
+    // Socket.IO attachment-count mismatches close the session.
+    for (first, second) in [
+        (
+            "451-[\"message\",{\"_placeholder\":true,\"num\":0}]",
+            Some("4text"),
+        ),
+        ("452-[\"message\",{\"_placeholder\":true,\"num\":0}]", None),
+    ] {
+        let mut ws = ws_connect(&a, "/socket.io/?EIO=4&transport=websocket", &[]).unwrap();
+        ws_text(&mut ws);
+        ws_send(&mut ws, "40");
+        ws_until(&mut ws, |t| t.starts_with("40"));
+        ws_send(&mut ws, first);
+        if let Some(text) = second {
+            ws_send(&mut ws, text);
+        }
+        assert_eq!(ws_until(&mut ws, |t| t == "1"), "1");
+    }
+    let mut ws = ws_connect(&a, "/socket.io/?EIO=4&transport=websocket", &[]).unwrap();
+    ws_text(&mut ws);
+    ws_send(&mut ws, "40");
+    ws_until(&mut ws, |t| t.starts_with("40"));
+    ws.send(Message::binary(vec![1, 2, 3])).unwrap(); // a binary message nobody announced
+    assert_eq!(ws_until(&mut ws, |t| t == "1"), "1");
+
+    // A thousand malformed queries on one keep-alive connection.
+    let mut tcp = TcpStream::connect(&a).unwrap();
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let mut answered = 0;
+    let mut buf = Vec::new();
+    for i in 0..1000 {
+        let junk: String = rng
+            .bytes(1 + i % 40)
+            .iter()
+            .map(|b| (b'!' + b % 90) as char)
+            .filter(|c| *c != ' ')
+            .collect();
+        let method = if i % 3 == 0 { "POST" } else { "GET" };
+        write!(
+            tcp,
+            "{method} /socket.io/?{junk} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n40"
+        )
+        .unwrap();
+        // Read exactly one response (its Content-Length says how much).
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let len: usize = head
+                    .split("content-length: ")
+                    .nth(1)
+                    .and_then(|v| v.split("\r\n").next())
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                if buf.len() >= end + 4 + len {
+                    assert!(
+                        head.starts_with("http/1.1 400") || head.starts_with("http/1.1 403"),
+                        "{head}"
+                    );
+                    buf.drain(..end + 4 + len);
+                    answered += 1;
+                    break;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tcp.read(&mut chunk).unwrap();
+            assert!(
+                n > 0,
+                "the server closed a keep-alive connection after {answered} answers"
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+    assert_eq!(answered, 1000);
+
+    normal_client_chats(&server);
+    server.assert_healthy();
+}
+
+#[test]
+fn a_client_that_never_connects_a_namespace_is_closed_at_the_connect_timeout() {
+    let server = Server::start(&["--connect-timeout", "300"]);
+    let s = Polling::open(&server, "/socket.io/");
+    let line = server.wait_log(&format!("close {}", s.sid));
+    assert!(
+        line.ends_with("connect timeout (no namespace joined)"),
+        "{line}"
+    );
+}
+
+#[test]
+fn namespace_and_attachment_limits_are_enforced() {
+    let server = Server::start(&["--max-namespaces", "1", "--max-attachments", "2"]);
+    let mut ws = ws_connect(&server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).unwrap();
+    ws_text(&mut ws);
+    ws_send(&mut ws, "40");
+    ws_until(&mut ws, |t| t.starts_with("40{"));
+    ws_send(&mut ws, "40/movies,");
+    assert_eq!(
+        ws_until(&mut ws, |t| t.starts_with("44")),
+        r#"44/movies,{"message":"Too many namespaces on one connection"}"#
+    );
+    ws_send(&mut ws, "453-[\"message\",{\"_placeholder\":true,\"num\":0},{\"_placeholder\":true,\"num\":1},{\"_placeholder\":true,\"num\":2}]");
+    assert_eq!(ws_until(&mut ws, |t| t == "1"), "1");
+    server.wait_log("more than 2 attachments");
+}
+
+#[test]
+fn sigterm_sends_every_session_a_close_packet_and_exits() {
+    let mut server = Server::start(&["--shutdown-timeout", "2000"]);
+    let mut ws = ws_connect(&server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).unwrap();
+    ws_text(&mut ws);
+    let s = Polling::open(&server, "/socket.io/");
+    let pending = {
+        let (addr, q) = (s.addr.clone(), s.query());
+        std::thread::spawn(move || http(&addr, "GET", &q, &[], b""))
+    };
+    server.signal("-TERM");
+    assert_eq!(
+        ws_until(&mut ws, |t| t == "1"),
+        "1",
+        "the WebSocket session gets a close packet"
+    );
+    let (status, _, body) = pending.join().unwrap();
+    assert_eq!(
+        (status, body),
+        (200, b"1".to_vec()),
+        "the pending GET is answered with a close packet"
+    );
+    let status = server.wait_exit();
+    assert!(status.success(), "{status:?}");
+    assert!(server
+        .log_text()
+        .contains("shutting down: closing 2 sessions"));
+}
