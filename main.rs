@@ -107,6 +107,11 @@ mod config {
             "outbound packets queued per session before it is closed",
         ),
         (
+            "socket-send-buffer",
+            "0",
+            "SO_SNDBUF of client sockets, bytes (0: the kernel's autotuning)",
+        ),
+        (
             "max-writers",
             "2048",
             "WebSocket writer threads at once (slow consumers) before closing",
@@ -120,6 +125,11 @@ mod config {
             "max-attachments",
             "64",
             "binary attachments in one Socket.IO packet",
+        ),
+        (
+            "max-json-depth",
+            "32",
+            "nesting of arrays and objects in one packet (bounds the parser's recursion)",
         ),
         (
             "max-packets",
@@ -138,7 +148,7 @@ mod config {
         ),
         (
             "thread-stack",
-            "131072",
+            "262144",
             "stack size of connection threads, bytes",
         ),
     ];
@@ -168,9 +178,11 @@ mod config {
         pub idle_timeout: Duration,
         pub max_queue_bytes: usize,
         pub max_queue_packets: usize,
+        pub socket_send_buffer: usize,
         pub max_writers: usize,
         pub max_namespaces: usize,
         pub max_attachments: usize,
+        pub max_json_depth: usize,
         pub max_packets: usize,
         pub sse_replay: usize,
         pub shutdown_timeout: Duration,
@@ -293,9 +305,11 @@ mod config {
             idle_timeout: ms("idle-timeout")?,
             max_queue_bytes: size("max-queue-bytes")?,
             max_queue_packets: size("max-queue-packets")?,
+            socket_send_buffer: size("socket-send-buffer")?,
             max_writers: size("max-writers")?,
             max_namespaces: size("max-namespaces")?,
             max_attachments: size("max-attachments")?,
+            max_json_depth: size("max-json-depth")?,
             max_packets: size("max-packets")?,
             sse_replay: size("sse-replay")?,
             shutdown_timeout: ms("shutdown-timeout")?,
@@ -756,6 +770,7 @@ mod sio {
         BadJson(String),
         BadPayload(&'static str),
         PlaceholderMismatch,
+        TooDeep(usize),
     }
 
     impl fmt::Display for DecodeError {
@@ -775,11 +790,51 @@ mod sio {
                         "attachment placeholders do not match the attachment count"
                     )
                 }
+                TooDeep(n) => write!(f, "JSON nested deeper than {n} levels"),
             }
         }
     }
 
-    pub fn decode(text: &str, max_attachments: usize) -> Result<Packet, DecodeError> {
+    /// Limits a decoder applies; both bound work an attacker could otherwise ask for.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Limits {
+        pub attachments: usize,
+        /// Nesting of arrays and objects: the parser, the placeholder check, the encoder and
+        /// `Drop` all recurse, on connection threads with small stacks.
+        pub depth: usize,
+    }
+
+    /// How deep arrays and objects nest, by a scan that skips strings; stops past `max`.
+    fn json_depth(json: &[u8], max: usize) -> usize {
+        let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+        for &c in json {
+            if in_string {
+                match (escaped, c) {
+                    (true, _) => escaped = false,
+                    (false, b'\\') => escaped = true,
+                    (false, b'"') => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match c {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                    if deepest > max {
+                        break;
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        deepest
+    }
+
+    pub fn decode(text: &str, limits: Limits) -> Result<Packet, DecodeError> {
+        let max_attachments = limits.attachments;
         let bytes = text.as_bytes();
         let kind = bytes
             .first()
@@ -818,6 +873,9 @@ mod sio {
             ),
         };
         i += digits;
+        if json_depth(&bytes[i..], limits.depth) > limits.depth {
+            return Err(DecodeError::TooDeep(limits.depth));
+        }
         let data = match &text[i..] {
             "" => None,
             json => Some(
@@ -962,6 +1020,11 @@ mod sio {
         use super::*;
         use serde_json::json;
 
+        const LIMITS: Limits = Limits {
+            attachments: 10,
+            depth: 8,
+        };
+
         fn packet(kind: Kind, nsp: &str, id: Option<u64>, data: Option<Value>, n: usize) -> Packet {
             Packet {
                 kind,
@@ -1029,7 +1092,7 @@ mod sio {
                     packet(BinaryAck, "/admin", Some(15), Some(json!([ph])), 1),
                 ),
             ] {
-                assert_eq!(decode(text, 10).as_ref(), Ok(&p), "{text}");
+                assert_eq!(decode(text, LIMITS).as_ref(), Ok(&p), "{text}");
                 let mut out = Vec::new();
                 encode(&p, &mut out);
                 let expected = if text == "1/admin," { "1/admin," } else { text };
@@ -1060,14 +1123,30 @@ mod sio {
                 ("52-[\"a\",{\"_placeholder\":true,\"num\":0},{\"_placeholder\":true,\"num\":0}]", PlaceholderMismatch),
                 ("599-[\"a\"]", TooManyAttachments(10)),
                 ("2admin,[\"a\"]", BadNamespace),
+                ("2[\"a\",[[[[[[[[1]]]]]]]]]", TooDeep(8)),
+                ("2[\"a\",{\"b\":[{\"c\":[{\"d\":[{\"e\":[1]}]}]}]}]", TooDeep(8)),
             ] {
-                let got = decode(text, 10).unwrap_err();
+                let got = decode(text, LIMITS).unwrap_err();
                 match (&got, &err) {
                     (BadJson(_), BadJson(_)) => {}
                     _ => assert_eq!(got, err, "{text}"),
                 }
                 assert!(!got.to_string().is_empty());
             }
+        }
+
+        #[test]
+        fn depth_scan_skips_strings_and_counts_both_brackets() {
+            assert_eq!(json_depth(br#"["a",[1],{"b":[2]}]"#, 10), 3);
+            assert_eq!(json_depth(br#"["[[[[","\"[[[",{"}}}":"{{{"}]"#, 10), 2);
+            assert_eq!(
+                json_depth(b"[[[[[[[[[[[[", 4),
+                5,
+                "stops counting past the limit"
+            );
+            assert_eq!(json_depth(b"", 4), 0);
+            // Exactly at the limit is accepted.
+            assert!(decode("2[\"a\",[[[[[[1]]]]]]]", LIMITS).is_ok());
         }
 
         /// Property: any packet we encode decodes to itself; no input panics the decoder.
@@ -1100,17 +1179,17 @@ mod sio {
                 let mut out = Vec::new();
                 encode(&p, &mut out);
                 let text = String::from_utf8(out).unwrap();
-                assert_eq!(decode(&text, 10), Ok(p), "{text}");
+                assert_eq!(decode(&text, LIMITS), Ok(p), "{text}");
                 // Mutations of a valid packet: truncations and byte flips never panic.
                 let cut = rng.next() as usize % (text.len() + 1);
                 if let Some(prefix) = text.get(..cut) {
-                    let _ = decode(prefix, 10);
+                    let _ = decode(prefix, LIMITS);
                 }
                 let mut bytes = text.into_bytes();
                 let at = rng.next() as usize % bytes.len();
                 bytes[at] = rng.next() as u8;
                 if let Ok(s) = std::str::from_utf8(&bytes) {
-                    let _ = decode(s, 10);
+                    let _ = decode(s, LIMITS);
                 }
             }
         }
@@ -1687,6 +1766,7 @@ mod engine {
         tcp: Arc<TcpStream>,
         backlog: Mutex<Backlog>,
         max_bytes: usize,
+        max_packets: usize,
         max_writers: usize,
     }
 
@@ -1747,6 +1827,7 @@ mod engine {
                 tcp,
                 backlog: Mutex::default(),
                 max_bytes: cfg.max_queue_bytes,
+                max_packets: cfg.max_queue_packets,
                 max_writers: cfg.max_writers,
             })
         }
@@ -1760,10 +1841,11 @@ mod engine {
             if !b.chunks.is_empty() {
                 b.bytes += len;
                 b.chunks.push_back((chunk, 0));
-                return match b.bytes > self.max_bytes {
-                    true => Err(SendError::Full("send backlog full (client not reading)")),
-                    false => Ok(()),
-                };
+                if b.bytes > self.max_bytes || b.chunks.len() > self.max_packets {
+                    b.closed = true; // takes nothing more; the writer thread stops
+                    return Err(SendError::Full("send backlog full (client not reading)"));
+                }
+                return Ok(());
             }
             let sent = match send_nonblocking(self.tcp.as_raw_fd(), chunk.bytes()) {
                 Ok(n) => n,
@@ -2005,7 +2087,14 @@ mod engine {
                 }
             };
             if let Some(reason) = overflow {
-                self.close(reason);
+                // Closing runs the layers above (disconnect handlers, which may broadcast): not
+                // here, nested in someone else's send, but next on the timers thread.
+                if let Some(engine) = self.engine.upgrade() {
+                    let me = self.clone();
+                    engine
+                        .timers
+                        .after(Duration::ZERO, move || me.close(reason));
+                }
             }
         }
 
@@ -2380,6 +2469,9 @@ mod engine {
                 return self.error(c, cors, 3, false);
             }
             st.poll_waiting = true;
+            if !st.has_deliverable() {
+                log!(DEBUG, "{} GET waits", s.sid);
+            }
             let mut gone = false;
             while st.closed.is_none() && !st.has_deliverable() && st.transport == Transport::Polling
             {
@@ -3387,8 +3479,11 @@ mod hub {
                     if lock(&c.partial).is_some() {
                         return Err("attachment count mismatch: text packet while binary attachments were due".into());
                     }
-                    let p =
-                        sio::decode(text, self.cfg.max_attachments).map_err(|e| e.to_string())?;
+                    let limits = sio::Limits {
+                        attachments: self.cfg.max_attachments,
+                        depth: self.cfg.max_json_depth,
+                    };
+                    let p = sio::decode(text, limits).map_err(|e| e.to_string())?;
                     if p.attachments > 0 {
                         *lock(&c.partial) = Some((p, Vec::new()));
                         return Ok(());
@@ -3844,6 +3939,9 @@ mod server {
 
         fn admit(self: &Arc<Self>, tcp: TcpStream, peer: SocketAddr, n: u64) {
             let _ = tcp.set_nodelay(true);
+            if self.cfg.socket_send_buffer > 0 {
+                set_send_buffer(&tcp, self.cfg.socket_send_buffer);
+            }
             let open = self.open.fetch_add(1, Ordering::AcqRel);
             if open >= self.cfg.max_connections || self.stopping.load(Ordering::Relaxed) {
                 self.open.fetch_sub(1, Ordering::AcqRel);
@@ -3951,6 +4049,22 @@ mod server {
 
         fn busy_connections(&self) -> usize {
             self.open.load(Ordering::Relaxed)
+        }
+    }
+
+    /// Caps the kernel's send buffer, so a client that stops reading shows up in our backlog
+    /// (and is closed at its bound) instead of parking megabytes in the kernel.
+    fn set_send_buffer(tcp: &TcpStream, bytes: usize) {
+        let size = bytes.min(i32::MAX as usize) as libc::c_int;
+        // SAFETY: setsockopt on a live socket with a pointer to a local int of the given size.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(tcp),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
         }
     }
 

@@ -243,6 +243,28 @@ fn hostile_clients_get_clear_refusals_and_never_disturb_a_normal_one() {
     ws.send(Message::binary(vec![1, 2, 3])).unwrap(); // a binary message nobody announced
     assert_eq!(ws_until(&mut ws, |t| t == "1"), "1");
 
+    // JSON nested to --max-json-depth (32: the outer array and 31 inside) is echoed; deeper is
+    // a protocol error, refused before the parser recurses on a small connection stack.
+    for (inner, echoed) in [(31, true), (32, false), (4000, false)] {
+        let mut ws = ws_connect(&a, "/socket.io/?EIO=4&transport=websocket", &[]).unwrap();
+        ws_text(&mut ws);
+        ws_send(&mut ws, "40");
+        ws_until(&mut ws, |t| t.starts_with("40"));
+        let deep = format!("42[\"message\",{}{}]", "[".repeat(inner), "]".repeat(inner));
+        ws_send(&mut ws, &deep);
+        if echoed {
+            let back = ws_until(&mut ws, |t| t.contains("message-back"));
+            assert_eq!(back, deep.replace("\"message\"", "\"message-back\""));
+        } else {
+            assert_eq!(
+                ws_until(&mut ws, |t| t == "1"),
+                "1",
+                "nesting {inner} closes the session"
+            );
+        }
+    }
+    server.wait_log("JSON nested deeper than 32 levels");
+
     // A thousand malformed queries on one keep-alive connection.
     let mut tcp = TcpStream::connect(&a).unwrap();
     tcp.set_read_timeout(Some(PATIENCE)).unwrap();
@@ -328,7 +350,7 @@ fn namespace_and_attachment_limits_are_enforced() {
 
 #[test]
 fn sigterm_sends_every_session_a_close_packet_and_exits() {
-    let mut server = Server::start(&["--shutdown-timeout", "2000"]);
+    let mut server = Server::start(&["--shutdown-timeout", "2000", "--log-level", "debug"]);
     let mut ws = ws_connect(&server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).unwrap();
     ws_text(&mut ws);
     let s = Polling::open(&server, "/socket.io/");
@@ -336,6 +358,7 @@ fn sigterm_sends_every_session_a_close_packet_and_exits() {
         let (addr, q) = (s.addr.clone(), s.query());
         std::thread::spawn(move || http(&addr, "GET", &q, &[], b""))
     };
+    server.wait_log(&format!("{} GET waits", s.sid));
     server.signal("-TERM");
     assert_eq!(
         ws_until(&mut ws, |t| t == "1"),
