@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The benchmark: tinysio against Node socket.io, socketioxide and Flask-SocketIO, in one run on
+# this machine, with the same load generator and the same handlers. Installs the peers itself.
+#   bench/run.sh            the full run (about 15 minutes)
+#   QUICK=1 bench/run.sh    a short smoke run (2 s echoes, small sizes)
+# Writes bench/out/results.jsonl (one JSON line per measurement) and bench/out/table.md.
+set -euo pipefail
+cd "$(dirname "$0")"
+root=$(cd .. && pwd)
+out=out
+mkdir -p "$out"
+: >"$out/results.jsonl"
+
+echo "== building and installing (release server, load generator, peers)"
+cargo build --release --locked --manifest-path "$root/Cargo.toml" -q
+cargo build --release --manifest-path loadgen/Cargo.toml -q
+cargo build --release --manifest-path peers/socketioxide/Cargo.toml -q
+[ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error
+[ -x "$root/.venv/bin/python" ] || python3 -m venv "$root/.venv"
+"$root/.venv/bin/python" -c "import flask_socketio, simple_websocket" 2>/dev/null ||
+  "$root/.venv/bin/pip" install -q -r peers/requirements.txt
+loadgen=loadgen/target/release/tinysio-loadgen
+
+if [ -n "${QUICK:-}" ]; then secs=2; echo_sizes="1 10"; bcast_sizes="100"; conn_sizes="1000"
+else secs=10; echo_sizes="1 10 100"; bcast_sizes="100 1000"; conn_sizes="1000 5000 10000"; fi
+
+port=5200
+start() { # name → sets pid, addr
+  port=$((port + 1))
+  case $1 in
+    tinysio) "$root/target/release/tinysio" --port $port --log-level warn 2>"$out/$1.log" & ;;
+    socketioxide) peers/socketioxide/target/release/socketioxide-peer $port >"$out/$1.log" 2>&1 & ;;
+    socket.io) node peers/node-server.mjs $port >"$out/$1.log" 2>&1 & ;;
+    flask-socketio) "$root/.venv/bin/python" peers/flask_server.py $port >"$out/$1.log" 2>&1 & ;;
+  esac
+  pid=$!
+  addr=127.0.0.1:$port
+  for _ in $(seq 200); do
+    curl -fs "http://$addr/socket.io/?EIO=4&transport=polling" >/dev/null 2>&1 && return 0
+    sleep 0.05
+  done
+  echo "$1 did not start"; cat "$out/$1.log"; return 1
+}
+stop() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; }
+run() { # server scenario transport clients
+  timeout 180 "$loadgen" --addr "$addr" --pid "$pid" --server "$1" --scenario "$2" --transport "$3" --clients "$4" --seconds "$secs" \
+    | tee -a "$out/results.jsonl" || echo "{\"server\":\"$1\",\"scenario\":\"$2\",\"transport\":\"$3\",\"clients\":$4,\"error\":\"timed out or failed\"}" | tee -a "$out/results.jsonl"
+}
+
+for server in tinysio socketioxide socket.io flask-socketio; do
+  echo "== $server"
+  start $server
+  for t in websocket polling; do for n in $echo_sizes; do run $server echo $t $n; done; done
+  [ $server = tinysio ] && for n in $echo_sizes; do run $server echo sse $n; done
+  for n in $bcast_sizes; do run $server broadcast websocket $n; done
+  stop
+  for n in $conn_sizes; do # a fresh server for each size: RSS and threads at rest are its own
+    start $server
+    run $server connect websocket $n
+    stop
+  done
+done
+
+python3 report.py "$out/results.jsonl" >"$out/table.md"
+cat "$out/table.md"
