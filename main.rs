@@ -117,6 +117,11 @@ mod config {
             "WebSocket writer threads at once (slow consumers) before closing",
         ),
         (
+            "max-users",
+            "100000",
+            "entries of the /movies user table; past it the oldest session must identify again",
+        ),
+        (
             "max-namespaces",
             "32",
             "namespaces one Engine.IO session may join",
@@ -181,6 +186,7 @@ mod config {
         pub socket_send_buffer: usize,
         pub max_writers: usize,
         pub max_namespaces: usize,
+        pub max_users: usize,
         pub max_attachments: usize,
         pub max_json_depth: usize,
         pub max_packets: usize,
@@ -188,12 +194,6 @@ mod config {
         pub shutdown_timeout: Duration,
         pub thread_stack: usize,
         pub conformance: bool,
-    }
-
-    impl Default for Config {
-        fn default() -> Config {
-            parse(Vec::new(), |_| None).expect("defaults parse")
-        }
     }
 
     pub fn help() -> String {
@@ -215,7 +215,7 @@ mod config {
     }
 
     /// Parses arguments (without the program name) over environment variables over defaults.
-    /// `Ok(None)` means `--help` was asked for.
+    /// `--help` comes back as `Err` holding the help text (main prints it and exits 0).
     pub fn parse(
         args: Vec<String>,
         env: impl Fn(&str) -> Option<String>,
@@ -308,6 +308,7 @@ mod config {
             socket_send_buffer: size("socket-send-buffer")?,
             max_writers: size("max-writers")?,
             max_namespaces: size("max-namespaces")?,
+            max_users: size("max-users")?,
             max_attachments: size("max-attachments")?,
             max_json_depth: size("max-json-depth")?,
             max_packets: size("max-packets")?,
@@ -3620,12 +3621,14 @@ mod app {
     use crate::hub::{Ack, AckError, Args, Namespace, Socket};
     use crate::{lock, log, INFO};
     use serde_json::{json, Value};
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, VecDeque};
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     /// The namespaces a server runs: `/` and `/movies`, or `/` and `/custom` when conformance.
-    pub fn namespaces(conformance: bool) -> Vec<Namespace> {
+    pub fn namespaces(conformance: bool, max_users: usize) -> Vec<Namespace> {
+        MAX_USERS.store(max_users.max(1), Ordering::Relaxed);
         let mut list = vec![echo()];
         if conformance {
             let mut custom = Namespace::new("/custom");
@@ -3707,8 +3710,35 @@ mod app {
     }
 
     /// The tutorial's global user table, keyed by the session's uuid. Touched for microseconds;
-    /// never held while anything is sent.
-    static USERS: Mutex<BTreeMap<String, User>> = Mutex::new(BTreeMap::new());
+    /// never held while anything is sent. Bounded (`--max-users`): anyone can open sessions,
+    /// so past the bound the oldest session's entry goes (it must identify again).
+    static USERS: Mutex<Users> = Mutex::new(Users {
+        by_session: BTreeMap::new(),
+        order: VecDeque::new(),
+    });
+    static MAX_USERS: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+    struct Users {
+        by_session: BTreeMap<String, User>,
+        /// Sessions in the order they first identified; the front is evicted first.
+        order: VecDeque<String>,
+    }
+
+    impl Users {
+        fn get(&self, session: &str) -> Option<&User> {
+            self.by_session.get(session)
+        }
+        fn insert(&mut self, session: &str, user: User) {
+            if self.by_session.insert(session.to_string(), user).is_none() {
+                self.order.push_back(session.to_string());
+            }
+            while self.order.len() > MAX_USERS.load(Ordering::Relaxed) {
+                if let Some(oldest) = self.order.pop_front() {
+                    self.by_session.remove(&oldest);
+                }
+            }
+        }
+    }
 
     fn username(sock: &Socket) -> Option<String> {
         lock(&USERS).get(&sock.user).map(|u| u.username.clone())
@@ -3779,12 +3809,10 @@ mod app {
                 Ok(name) => name,
                 Err(e) => return refuse(ack, e),
             };
-            lock(&USERS).insert(
-                sock.user.clone(),
-                User {
-                    username: name.clone(),
-                },
-            );
+            let user = User {
+                username: name.clone(),
+            };
+            lock(&USERS).insert(&sock.user, user);
             log!(INFO, "Identify: {name}");
             ack_with(ack, json!({ "ok": true, "username": name }));
             for room in sock.rooms() {
@@ -3874,6 +3902,24 @@ mod app {
         use super::*;
 
         #[test]
+        fn the_user_table_evicts_its_oldest_session_past_the_bound() {
+            let mut users = Users {
+                by_session: BTreeMap::new(),
+                order: VecDeque::new(),
+            };
+            MAX_USERS.store(2, Ordering::Relaxed);
+            let named = |n: &str| User { username: n.into() };
+            users.insert("s1", named("a"));
+            users.insert("s2", named("b"));
+            users.insert("s1", named("a2")); // a rename is not a new entry
+            users.insert("s3", named("c"));
+            MAX_USERS.store(usize::MAX, Ordering::Relaxed);
+            assert!(users.get("s1").is_none(), "the oldest session went");
+            assert_eq!(users.get("s2").map(|u| u.username.as_str()), Some("b"));
+            assert_eq!(users.get("s3").map(|u| u.username.as_str()), Some("c"));
+        }
+
+        #[test]
         fn names_are_trimmed_and_checked() {
             assert_eq!(clean(Some("  ann "), "username", 32), Ok("ann".into()));
             for (input, says) in [
@@ -3930,7 +3976,7 @@ mod server {
             let hub = Arc::new(Hub::new(
                 cfg.clone(),
                 timers.clone(),
-                app::namespaces(cfg.conformance),
+                app::namespaces(cfg.conformance, cfg.max_users),
             ));
             let sio = Engine::new(cfg.clone(), timers.clone(), hub, Some("session"));
             let raw = Engine::new(cfg.clone(), timers, Arc::new(app::EngineEcho), None);
