@@ -1336,7 +1336,6 @@ mod http {
         lim: &Limits,
     ) -> Result<Request, HttpError> {
         let mut started: Option<Instant> = (!buf.is_empty()).then(Instant::now);
-        let mut chunk = [0u8; 4096];
         let (mut req, head_len) = loop {
             if !buf.is_empty() {
                 if let Some(found) = parse_head(buf, lim)? {
@@ -1353,11 +1352,10 @@ mod http {
                     .ok_or(HttpError::Status(408, "request head timed out"))?,
             };
             let _ = stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1))));
-            match (&*stream).read(&mut chunk) {
+            match read_more(stream, buf) {
                 Ok(0) => return Err(HttpError::Closed),
-                Ok(n) => {
+                Ok(_) => {
                     started.get_or_insert_with(Instant::now);
-                    buf.extend_from_slice(&chunk[..n]);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if started.is_some() && is_timeout(&e) => {
@@ -1378,9 +1376,9 @@ mod http {
                 .checked_duration_since(Instant::now())
                 .ok_or(HttpError::Status(408, "request body timed out"))?;
             let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
-            match (&*stream).read(&mut chunk) {
+            match read_more(stream, buf) {
                 Ok(0) => return Err(HttpError::Closed),
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_timeout(&e) => {
                     return Err(HttpError::Status(408, "request body timed out"))
@@ -1390,6 +1388,16 @@ mod http {
         }
         req.body = buf.drain(..req.content_length).collect();
         Ok(req)
+    }
+
+    /// Reads into the buffer's own spare room: a stack array here would stay resident for
+    /// the life of every connection thread (a page each, measured).
+    fn read_more(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+        let len = buf.len();
+        buf.resize(len + 4096, 0);
+        let result = (&*stream).read(&mut buf[len..]);
+        buf.truncate(len + *result.as_ref().unwrap_or(&0));
+        result
     }
 
     fn is_timeout(e: &io::Error) -> bool {
@@ -2632,7 +2640,7 @@ mod engine {
             }
             let _ = c.tcp.set_read_timeout(None);
             let ws_cfg = WebSocketConfig::default()
-                .read_buffer_size(4096)
+                .read_buffer_size(2048)
                 .write_buffer_size(0)
                 .max_message_size(Some(self.cfg.max_payload))
                 .max_frame_size(Some(self.cfg.max_payload));

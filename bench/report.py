@@ -18,10 +18,11 @@ TABLE = [
     ("broadcast p99 ms", "broadcast", "websocket", "p99_ms", "", False),
     ("broadcast deliveries/s", "broadcast", "websocket", "deliveries_per_s", "", True),
     ("broadcast loss", "broadcast", "websocket", "loss", "", False),
+    ("broadcast members that failed to join", "broadcast", "websocket", "failures", "", False),
     ("connect: clients held", "connect", "websocket", "connected", "", True),
     ("connect: connects/s", "connect", "websocket", "connect_per_s", "", True),
     ("connect: RSS KiB per client", "connect", "websocket", "rss_per_conn_kib", "", False),
-    ("connect: server threads", "connect", "websocket", "threads", "", False),
+    ("connect: server threads (informational)", "connect", "websocket", "threads", "", None),
 ]
 
 
@@ -49,7 +50,7 @@ for label, scenario, transport, metric, _, higher in TABLE:
         mine = value(ours)
         known = [p for p in peers if p is not None]
         ratio = "–"
-        if mine is not None and known:
+        if mine is not None and known and higher is not None:
             best = max(known) if higher else min(known)
             if best == 0:
                 ratio = "✓ =" if mine == 0 else "✗"

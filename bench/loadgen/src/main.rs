@@ -331,12 +331,14 @@ async fn echo(a: &Args) -> Value {
     let mut sessions = Vec::new();
     let mut failures = 0;
     for _ in 0..a.clients {
-        match Session::open(&a.addr, &a.transport).await {
-            Ok(mut s) => match s.connect("/").await {
-                Ok(()) => sessions.push(s),
-                Err(_) => failures += 1,
-            },
-            Err(_) => failures += 1,
+        let opened = async {
+            let mut s = Session::open(&a.addr, &a.transport).await?;
+            s.connect("/").await?;
+            Ok::<_, String>(s)
+        };
+        match tokio::time::timeout(Duration::from_secs(5), opened).await {
+            Ok(Ok(s)) => sessions.push(s),
+            _ => failures += 1,
         }
     }
     let (cpu0, _, _) = proc_stat(a.pid);
@@ -392,6 +394,8 @@ async fn broadcast(a: &Args) -> Value {
     let mut members = Vec::new();
     let mut failures = 0;
     for _ in 0..a.clients {
+        // `join` goes out right after the CONNECT confirmation; a server that loses it (or
+        // its ack) costs a failure here, not a hung run.
         let joined = async {
             let mut s = Session::open(&a.addr, "websocket").await?;
             s.connect("/movies").await?;
@@ -399,9 +403,9 @@ async fn broadcast(a: &Args) -> Value {
             s.until("43/movies,1").await?;
             Ok::<_, String>(s)
         };
-        match joined.await {
-            Ok(s) => members.push(s),
-            Err(_) => failures += 1,
+        match tokio::time::timeout(Duration::from_secs(5), joined).await {
+            Ok(Ok(s)) => members.push(s),
+            _ => failures += 1,
         }
     }
     let expected = members.len() * SENDS;
@@ -438,8 +442,10 @@ async fn broadcast(a: &Args) -> Value {
         sender.send("42/movies,1[\"join\",\"bench\"]").await?;
         sender.until("43/movies,1").await
     };
-    if let Err(e) = setup.await {
-        return json!({ "error": e });
+    match tokio::time::timeout(Duration::from_secs(5), setup).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return json!({ "error": e }),
+        Err(_) => return json!({ "error": "the sender's join was never acked" }),
     }
     // The sender's own copies are read (and dropped) so its socket never backs up.
     let (tx, mut stop) = tokio::sync::oneshot::channel::<()>();
