@@ -411,8 +411,8 @@ fn origins_are_checked_on_polling_and_websocket() {
 #[test]
 fn a_thousand_sessions_leave_no_threads_or_fds_behind() {
     let mut server = Server::start(&[]);
-    // Warm up: the first connection starts the lazily made pieces (timers are already up).
-    Polling::open(&server, "/engine.io/").post("1");
+    // Before any client: the accept, timers and signals threads and the listener. Nothing
+    // made later may outlive its connection.
     let before = server.threads_and_fds();
     for i in 0..1000 {
         if i % 2 == 0 {
@@ -476,4 +476,70 @@ fn a_connection_flood_beyond_the_cap_gets_503_and_the_server_serves_afterwards()
     assert_eq!(s.post("4back"), (200, "ok".into()));
     assert_eq!(s.packets(), ["4back"]);
     server.assert_healthy();
+}
+
+#[test]
+fn the_accept_loop_survives_running_out_of_file_descriptors() {
+    let mut server = Server::start_with_fd_limit(&[], 32);
+    // Hold connections until the server's descriptors run out: accept then fails with
+    // EMFILE, which must be logged and waited out, not fatal.
+    let held: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(&server.addr).unwrap())
+        .collect();
+    server.wait_log("accept: Too many open files");
+    drop(held);
+    // Once descriptors are free again the server serves as before.
+    let deadline = Instant::now() + PATIENCE;
+    let s = loop {
+        let (status, _, body) = http(
+            &server.addr,
+            "GET",
+            "/engine.io/?EIO=4&transport=polling",
+            &[],
+            b"",
+        );
+        if status == 200 {
+            break String::from_utf8(body).unwrap();
+        }
+        assert!(Instant::now() < deadline, "server never recovered");
+    };
+    assert!(s.starts_with("0{"), "{s}");
+    server.assert_healthy();
+}
+
+#[test]
+fn the_conformance_profile_is_what_the_official_suites_expect() {
+    let server = Server::start(&["--conformance"]);
+    let s = Polling::open(&server, "/socket.io/");
+    assert_eq!(
+        (
+            s.open["pingInterval"].as_u64(),
+            s.open["pingTimeout"].as_u64()
+        ),
+        (Some(300), Some(200))
+    );
+    assert_eq!(s.open["maxPayload"].as_u64(), Some(1_000_000));
+    assert_eq!(s.post("40/custom,{\"token\":\"t\"}"), (200, "ok".into()));
+    let auth = s.until(|p| p.starts_with("42/custom,"));
+    assert_eq!(auth, r#"42/custom,["auth",{"token":"t"}]"#);
+    assert_eq!(s.post("40/movies,"), (200, "ok".into()));
+    assert_eq!(
+        s.until(|p| p.starts_with("44")),
+        r#"44/movies,{"message":"Invalid namespace"}"#
+    );
+    // Any origin, and the raw Engine.IO echo.
+    let (status, headers, _) = http(
+        &server.addr,
+        "GET",
+        "/engine.io/?EIO=4&transport=polling",
+        &[("Origin", "http://suite.example")],
+        b"",
+    );
+    assert_eq!(
+        (status, header(&headers, "access-control-allow-origin")),
+        (200, Some("http://suite.example"))
+    );
+    let raw = Polling::open(&server, "/engine.io/");
+    assert_eq!(raw.post("4echo\x1ebAQI="), (200, "ok".into()));
+    assert_eq!(raw.packets(), ["4echo", "bAQI="]);
 }

@@ -22,13 +22,37 @@ pub struct Server {
 
 impl Server {
     pub fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tinysio"))
-            .args(["--port", "0"])
+        Server::start_with(args, None)
+    }
+
+    /// Starts the server with at most `fds` open file descriptors (RLIMIT_NOFILE).
+    pub fn start_with_fd_limit(args: &[&str], fds: u64) -> Server {
+        Server::start_with(args, Some(fds))
+    }
+
+    fn start_with(args: &[&str], fd_limit: Option<u64>) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tinysio"));
+        cmd.args(["--port", "0"])
             .args(args)
             .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start tinysio");
+            .stdout(Stdio::null());
+        if let Some(fds) = fd_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: fds,
+                        rlim_max: fds,
+                    };
+                    match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                        0 => Ok(()),
+                        _ => Err(std::io::Error::last_os_error()),
+                    }
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("start tinysio");
         let stderr = child.stderr.take().unwrap();
         let log: Arc<(Mutex<Vec<String>>, Condvar)> = Arc::default();
         let sink = log.clone();
