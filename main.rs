@@ -4313,7 +4313,6 @@ fn main() {
         ""
     };
     let srv = server::Server::new(cfg);
-    log!(INFO, "listening on http://{addr}{profile}");
     let waiter = srv.clone();
     let _ = std::thread::Builder::new()
         .name("signals".into())
@@ -4323,6 +4322,8 @@ fn main() {
             waiter.shutdown();
             std::process::exit(0);
         });
+    // Logged once every thread of the server's own exists: the line means ready.
+    log!(INFO, "listening on http://{addr}{profile}");
     srv.run(listener);
 }
 
