@@ -4248,16 +4248,29 @@ export function sseTransport(Polling, EventSourceImpl = globalThis.EventSource) 
         }
       };
     }
-    // Upgrade: the server sent its noop; stop the stream once pending POSTs are done.
+    // Upgrade: the server answers the probe with a noop on this stream and sends nothing
+    // after it. Stop only once that noop has arrived (everything before it has too: closing
+    // earlier would lose packets already on the wire) and pending POSTs are done.
     pause(onPause) {
       this.readyState = "pausing";
-      const paused = () => {
+      const ready = () => {
+        if (!this._noop || !this.writable) return;
+        this.off("drain", ready);
+        this._onNoop = null;
         this._stop();
         this.readyState = "paused";
         onPause();
       };
-      if (this.writable) paused();
-      else this.once("drain", paused);
+      this._onNoop = ready;
+      this.on("drain", ready);
+      ready();
+    }
+    onData(data) {
+      super.onData(data);
+      if (data === "6") {
+        this._noop = true;
+        if (this._onNoop) this._onNoop();
+      }
     }
     doClose() {
       this._stop();

@@ -26,7 +26,7 @@ fi
 export TINYSIO_BIN="$PWD/target/debug/tinysio"
 
 step "interop: socket.io-client@4 under Node"
-node --test --test-concurrency=1 tests/interop/
+node --test --test-concurrency=1 --test-timeout=60000 tests/interop/
 
 step "interop: python-socketio"
 .venv/bin/python -m pytest -q tests/interop/
