@@ -343,39 +343,22 @@ fn malformed_packets_close_the_session() {
 fn origins_are_checked_on_polling_and_websocket() {
     let server = Server::start(&[]);
     let own = format!("http://{}", server.addr);
-    let (status, headers, _) = http(
-        &server.addr,
-        "GET",
-        "/socket.io/?EIO=4&transport=polling",
-        &[("Origin", &own)],
-        b"",
-    );
-    assert_eq!(status, 200);
+    let (status, headers) = handshake_from(&server.addr, "/socket.io/", &own);
     assert_eq!(
-        header(&headers, "access-control-allow-origin"),
-        Some(own.as_str())
+        (status, header(&headers, "access-control-allow-origin")),
+        (200, Some(own.as_str()))
     );
     assert_eq!(
         header(&headers, "access-control-allow-credentials"),
         Some("true")
     );
-    let (status, headers, _) = http(
-        &server.addr,
-        "GET",
-        "/socket.io/?EIO=4&transport=polling",
-        &[("Origin", "null")],
-        b"",
-    );
+    let (status, headers) = handshake_from(&server.addr, "/socket.io/", "null");
     assert_eq!(
         (status, header(&headers, "access-control-allow-origin")),
         (200, Some("null"))
     );
-    let refused = ws_connect(
-        &server.addr,
-        "/socket.io/?EIO=4&transport=websocket",
-        &[("Origin", "http://evil.example")],
-    );
-    match refused {
+    let evil = [("Origin", "http://evil.example")];
+    match ws_connect(&server.addr, "/socket.io/?EIO=4&transport=websocket", &evil) {
         Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
         other => panic!("expected 403, got {:?}", other.map(|_| ())),
     }
@@ -383,29 +366,31 @@ fn origins_are_checked_on_polling_and_websocket() {
         &server.addr,
         "OPTIONS",
         "/socket.io/?EIO=4&transport=polling",
-        &[("Origin", "http://evil.example")],
+        &evil,
         b"",
     );
     assert_eq!(status, 403);
 
     let open = Server::start(&["--allowed-origins", "*"]);
-    let (status, headers, _) = http(
-        &open.addr,
-        "GET",
-        "/socket.io/?EIO=4&transport=polling",
-        &[("Origin", "http://evil.example")],
-        b"",
-    );
+    let (status, headers) = handshake_from(&open.addr, "/socket.io/", "http://evil.example");
     assert_eq!(
         (status, header(&headers, "access-control-allow-origin")),
         (200, Some("http://evil.example"))
     );
-    assert!(ws_connect(
-        &open.addr,
-        "/socket.io/?EIO=4&transport=websocket",
-        &[("Origin", "http://a.example")]
-    )
-    .is_ok());
+    let other = [("Origin", "http://a.example")];
+    assert!(ws_connect(&open.addr, "/socket.io/?EIO=4&transport=websocket", &other).is_ok());
+}
+
+/// A polling handshake sent with an Origin: the status and the response headers.
+fn handshake_from(addr: &str, path: &str, origin: &str) -> (u16, Vec<(String, String)>) {
+    let (status, headers, _) = http(
+        addr,
+        "GET",
+        &format!("{path}?EIO=4&transport=polling"),
+        &[("Origin", origin)],
+        b"",
+    );
+    (status, headers)
 }
 
 #[test]
@@ -528,13 +513,7 @@ fn the_conformance_profile_is_what_the_official_suites_expect() {
         r#"44/movies,{"message":"Invalid namespace"}"#
     );
     // Any origin, and the raw Engine.IO echo.
-    let (status, headers, _) = http(
-        &server.addr,
-        "GET",
-        "/engine.io/?EIO=4&transport=polling",
-        &[("Origin", "http://suite.example")],
-        b"",
-    );
+    let (status, headers) = handshake_from(&server.addr, "/engine.io/", "http://suite.example");
     assert_eq!(
         (status, header(&headers, "access-control-allow-origin")),
         (200, Some("http://suite.example"))
