@@ -992,17 +992,17 @@ mod sio {
         nsp: &str,
         id: Option<u64>,
     ) {
+        use std::io::Write;
         out.push(kind.digit());
         if kind.is_binary() {
-            out.extend_from_slice(attachments.to_string().as_bytes());
-            out.push(b'-');
+            let _ = write!(out, "{attachments}-"); // into a Vec: cannot fail
         }
         if nsp != "/" {
             out.extend_from_slice(nsp.as_bytes());
             out.push(b',');
         }
         if let Some(id) = id {
-            out.extend_from_slice(id.to_string().as_bytes());
+            let _ = write!(out, "{id}");
         }
     }
 
@@ -2018,6 +2018,8 @@ mod engine {
         pub cookie_given: bool,
         pub peer: String,
         engine: Weak<Engine>,
+        /// `--max-queue-packets` and `--max-queue-bytes`, read on every queued packet.
+        queue_limits: (usize, usize),
         state: Mutex<State>,
         wake: Condvar,
         /// The layer above keeps its per-session state here.
@@ -2101,12 +2103,9 @@ mod engine {
                         st.queue.extend(packets.iter().cloned());
                         st.queued_bytes += packets.iter().map(|p| p.payload().len()).sum::<usize>();
                         self.wake.notify_all();
-                        let cfg = self.engine.upgrade().map(|e| e.cfg.clone());
-                        cfg.and_then(|c| {
-                            (st.queue.len() > c.max_queue_packets
-                                || st.queued_bytes > c.max_queue_bytes)
-                                .then_some("outbound queue full (client not reading)")
-                        })
+                        let (max_packets, max_bytes) = self.queue_limits;
+                        (st.queue.len() > max_packets || st.queued_bytes > max_bytes)
+                            .then_some("outbound queue full (client not reading)")
                     }
                 }
             };
@@ -2410,6 +2409,7 @@ mod engine {
                 cookie_given: cookie.1,
                 peer: peer.to_string(),
                 engine: self.me.clone(),
+                queue_limits: (self.cfg.max_queue_packets, self.cfg.max_queue_bytes),
                 state: Mutex::new(State {
                     transport,
                     closed: None,
@@ -3053,12 +3053,14 @@ mod hub {
             b.push(b'4');
             sio::write_head(b, kind, args.bins.len(), nsp, id);
             b.push(b'[');
-            let name = event.map(|e| Value::String(e.to_string()));
-            for (i, v) in name.iter().chain(&args.values).enumerate() {
-                if i > 0 {
+            // Writing JSON into a Vec cannot fail.
+            if let Some(name) = event {
+                let _ = serde_json::to_writer(&mut *b, name);
+            }
+            for (i, v) in args.values.iter().enumerate() {
+                if i > 0 || event.is_some() {
                     b.push(b',');
                 }
-                // Writing a Value into a Vec cannot fail.
                 let _ = serde_json::to_writer(&mut *b, v);
             }
             b.push(b']');
