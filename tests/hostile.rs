@@ -377,3 +377,39 @@ fn sigterm_sends_every_session_a_close_packet_and_exits() {
         .log_text()
         .contains("shutting down: closing 2 sessions"));
 }
+
+#[test]
+fn logs_at_the_default_level_carry_no_payloads() {
+    let server = Server::start(&[]);
+    let mut ws = ws_connect(&server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).unwrap();
+    ws_text(&mut ws);
+    ws_send(&mut ws, "40");
+    ws_until(&mut ws, |t| t.starts_with("40"));
+    ws_send(&mut ws, "42[\"message\",\"SECRET-IN-AN-EVENT\"]");
+    ws_until(&mut ws, |t| t.contains("message-back"));
+    ws_send(&mut ws, "42[\"message\",\"SECRET-IN-BAD-JSON\""); // a parse error closes it
+    assert_eq!(ws_until(&mut ws, |t| t == "1"), "1");
+    let line = server.wait_log("parse error");
+    assert!(
+        !server.log_text().contains("SECRET"),
+        "a payload reached the log: {line}"
+    );
+}
+
+#[test]
+fn idle_keep_alive_connections_are_closed_at_the_idle_timeout() {
+    let server = Server::start(&["--idle-timeout", "300"]);
+    let mut tcp = TcpStream::connect(&server.addr).unwrap();
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    // One answer on the kept-alive connection, then the server closes it once it idles.
+    let mut all = Vec::new();
+    let n = tcp.read_to_end(&mut all).unwrap_or(0);
+    assert!(
+        n > 0 && parse_response(&all).is_some_and(|r| r.status == 200),
+        "{}",
+        String::from_utf8_lossy(&all)
+    );
+    assert!(String::from_utf8_lossy(&all).contains("Connection: keep-alive"));
+}
