@@ -497,7 +497,8 @@ mod eio {
     /// offset, so WebSocket receivers send `ws_frame()` and polling/SSE use `payload()`.
     #[derive(Debug)]
     pub struct Out {
-        bytes: Box<[u8]>,
+        /// A Vec, not a boxed slice: shrinking to fit would be a realloc per packet.
+        bytes: Vec<u8>,
         start: u8,
         binary: bool,
     }
@@ -505,7 +506,10 @@ mod eio {
     impl Out {
         /// Builds a text packet; `write` appends the packet (type digit first) to the buffer.
         pub fn text_with(write: impl FnOnce(&mut Vec<u8>)) -> Arc<Out> {
-            let mut buf = vec![0u8; HEAD_ROOM];
+            // Room for a typical packet up front: growing from empty took four reallocs, and
+            // the deepest of them set the stack depth of every connection thread (measured).
+            let mut buf = Vec::with_capacity(256);
+            buf.resize(HEAD_ROOM, 0);
             write(&mut buf);
             Out::seal(buf, false)
         }
@@ -537,7 +541,7 @@ mod eio {
             let start = HEAD_ROOM - n;
             buf[start..HEAD_ROOM].copy_from_slice(&head[..n]);
             Arc::new(Out {
-                bytes: buf.into_boxed_slice(),
+                bytes: buf,
                 start: start as u8,
                 binary,
             })
@@ -1277,7 +1281,8 @@ mod http {
         if line_end.unwrap_or(buf.len()) > lim.max_line {
             return Err(HttpError::Status(414, "request line too long"));
         }
-        let mut headers = [httparse::EMPTY_HEADER; 48];
+        // On the heap: 1.5 KiB here would deepen every connection thread's stack by a page.
+        let mut headers = vec![httparse::EMPTY_HEADER; 48];
         let mut req = httparse::Request::new(&mut headers);
         let n = match req.parse(buf) {
             Ok(httparse::Status::Complete(n)) => n,
@@ -1301,6 +1306,7 @@ mod http {
             query: query.to_string(),
             ..Default::default()
         };
+        r.headers.reserve_exact(req.headers.len());
         for h in req.headers.iter() {
             r.headers.push((
                 h.name.to_ascii_lowercase(),
@@ -1834,6 +1840,63 @@ mod engine {
         chunks: VecDeque<(Chunk, usize)>,
         bytes: usize,
         closed: bool,
+        /// A writer thread is draining `chunks`.
+        writer: bool,
+        /// The reader is handling a frame: what is sent meanwhile gathers in `chunks` and goes
+        /// out in one `sendmsg` when it is done (a CONNECT's confirmation and the handler's
+        /// first event travel together, not as two segments and two wake-ups of the client).
+        corked: bool,
+    }
+
+    /// Gathers up to this many chunks into one `sendmsg`.
+    const MAX_IOV: usize = 64;
+
+    /// `sendmsg(2)` of the chunks (the first from its offset) without blocking: the bytes
+    /// written, stopping early when the socket buffer is full.
+    fn sendmsg_nonblocking(fd: i32, chunks: &VecDeque<(Chunk, usize)>) -> io::Result<usize> {
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(chunks.len().min(MAX_IOV));
+        let mut total = 0;
+        loop {
+            iov.clear();
+            let mut skip = total;
+            for (c, off) in chunks {
+                let bytes = &c.bytes()[*off..];
+                if skip >= bytes.len() {
+                    skip -= bytes.len();
+                    continue;
+                }
+                let rest = &bytes[skip..];
+                skip = 0;
+                iov.push(libc::iovec {
+                    iov_base: rest.as_ptr() as *mut libc::c_void,
+                    iov_len: rest.len(),
+                });
+                if iov.len() == MAX_IOV {
+                    break;
+                }
+            }
+            if iov.is_empty() {
+                return Ok(total);
+            }
+            // SAFETY: every iovec points into a chunk borrowed for this call; msghdr is zeroed
+            // apart from the iovec array it names.
+            let n = unsafe {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = iov.as_mut_ptr();
+                msg.msg_iovlen = iov.len() as _;
+                libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            };
+            if n >= 0 {
+                total += n as usize;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => return Ok(total),
+                io::ErrorKind::Interrupted => continue,
+                _ => return Err(e),
+            }
+        }
     }
 
     /// `send(2)` without blocking: `Ok(bytes written)`, stopping early when the buffer is full.
@@ -1896,7 +1959,7 @@ mod engine {
                 return Err(SendError::Closed);
             }
             let len = chunk.bytes().len();
-            if !b.chunks.is_empty() {
+            if b.writer || b.corked {
                 b.bytes += len;
                 b.chunks.push_back((chunk, 0));
                 if b.bytes > self.max_bytes || b.chunks.len() > self.max_packets {
@@ -1918,6 +1981,51 @@ mod engine {
             }
             b.bytes = len - sent;
             b.chunks.push_back((chunk, sent));
+            self.start_writer(&mut b)
+        }
+
+        /// Holds back what is sent on this connection until `uncork`.
+        pub fn cork(&self) {
+            lock(&self.backlog).corked = true;
+        }
+
+        /// Sends what gathered since `cork`, in one `sendmsg`; what the socket does not take
+        /// now goes to a writer thread, as in `send`.
+        pub fn uncork(self: &Arc<Self>) -> Result<(), SendError> {
+            let mut b = lock(&self.backlog);
+            b.corked = false;
+            if b.writer || b.closed || b.chunks.is_empty() {
+                return Ok(());
+            }
+            let mut sent = match sendmsg_nonblocking(self.tcp.as_raw_fd(), &b.chunks) {
+                Ok(n) => n,
+                Err(_) => {
+                    b.closed = true;
+                    b.chunks.clear();
+                    let _ = self.tcp.shutdown(Shutdown::Both);
+                    return Err(SendError::Closed);
+                }
+            };
+            b.bytes -= sent.min(b.bytes);
+            while let Some((c, off)) = b.chunks.front_mut() {
+                let left = c.bytes().len() - *off;
+                if sent < left {
+                    *off += sent;
+                    break;
+                }
+                sent -= left;
+                b.chunks.pop_front();
+            }
+            if b.chunks.is_empty() {
+                // Its storage would otherwise stay allocated for the connection's life.
+                b.chunks = VecDeque::new();
+                return Ok(());
+            }
+            self.start_writer(&mut b)
+        }
+
+        /// Hands the backlog to a writer thread (at most `--max-writers` at once).
+        fn start_writer(self: &Arc<Self>, b: &mut Backlog) -> Result<(), SendError> {
             if WRITERS.fetch_add(1, Ordering::Relaxed) >= self.max_writers {
                 WRITERS.fetch_sub(1, Ordering::Relaxed);
                 return Err(SendError::Full(
@@ -1936,6 +2044,7 @@ mod engine {
                 WRITERS.fetch_sub(1, Ordering::Relaxed);
                 return Err(SendError::Full("could not start a writer thread"));
             }
+            b.writer = true;
             Ok(())
         }
 
@@ -1951,6 +2060,7 @@ mod engine {
                         _ => {
                             b.chunks.clear();
                             b.bytes = 0;
+                            b.writer = false;
                             return;
                         }
                     }
@@ -1980,6 +2090,12 @@ mod engine {
         /// if the socket takes it now, then shutdown, which also wakes its reader.
         pub fn close(&self, last: Option<&[u8]>) {
             let mut b = lock(&self.backlog);
+            if !b.closed && !b.writer && !b.chunks.is_empty() {
+                // Gathered under a cork: accepted before the close, so they go first.
+                if sendmsg_nonblocking(self.tcp.as_raw_fd(), &b.chunks).ok() == Some(b.bytes) {
+                    b.chunks.clear();
+                }
+            }
             if !b.closed && b.chunks.is_empty() {
                 if let Some(bytes) = last {
                     let _ = send_nonblocking(self.tcp.as_raw_fd(), bytes);
@@ -2236,15 +2352,11 @@ mod engine {
     }
 
     impl Upgraded {
-        /// Reads frames until the session or the socket ends.
-        pub fn run(self) {
-            let Upgraded {
-                engine,
-                s,
-                mut ws,
-                conn,
-            } = self;
-            engine.read_frames(&s, &mut ws, &conn);
+        /// Reads frames until the session or the socket ends. Boxed, and used in place: the
+        /// WebSocket state moved onto the stack would deepen every connection's stack.
+        pub fn run(mut self: Box<Self>) {
+            let up = &mut *self;
+            up.engine.read_frames(&up.s, &mut up.ws, &up.conn);
         }
     }
 
@@ -2688,7 +2800,10 @@ mod engine {
             let n = head.len();
             head.truncate(n - "Connection: keep-alive\r\n\r\n".len());
             head.extend_from_slice(b"Connection: Upgrade\r\n\r\n");
-            if (&**c.tcp).write_all(&head).is_err() {
+            // A new session's open packet leaves in the same segment as the 101.
+            conn.cork();
+            let _ = conn.send(Chunk::Raw(head.into()));
+            if upgrade.is_some() && conn.uncork().is_err() {
                 if let Some(s) = &upgrade {
                     let mut st = lock(&s.state);
                     st.upgrading = false;
@@ -2725,6 +2840,10 @@ mod engine {
                     );
                     s.send_all(&[self.open_packet(&s.sid, Transport::WebSocket)]);
                     self.handler.open(&s);
+                    if conn.uncork().is_err() {
+                        self.close(&s, "transport error");
+                        return Next::Close;
+                    }
                     s
                 }
             };
@@ -2801,7 +2920,9 @@ mod engine {
         /// The connection thread's loop for an established WebSocket session.
         fn read_frames(&self, s: &Arc<Session>, ws: &mut WebSocket<WsIo>, conn: &Arc<WsConn>) {
             let reason = loop {
-                let result = match ws.read() {
+                let msg = ws.read();
+                conn.cork();
+                let result = match msg {
                     Ok(WsMessage::Text(t)) => self.on_text(s, t.as_str()),
                     Ok(WsMessage::Binary(b)) => self.handler.message(s, Message::Binary(&b)),
                     Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_)) => Ok(()),
@@ -2822,6 +2943,11 @@ mod engine {
                 };
                 if let Err(reason) = result {
                     break format!("parse error: {reason}");
+                }
+                match conn.uncork() {
+                    Err(SendError::Full(why)) => break why.to_string(),
+                    Err(SendError::Closed) => break "transport error".to_string(),
+                    Ok(()) => {}
                 }
                 if s.is_closed() {
                     return;
