@@ -122,6 +122,11 @@ mod config {
             "entries of the /movies user table; past it the oldest session must identify again",
         ),
         (
+            "user-ttl",
+            "600",
+            "seconds a /movies user entry outlives its session's last socket",
+        ),
+        (
             "max-namespaces",
             "32",
             "namespaces one Engine.IO session may join",
@@ -187,6 +192,7 @@ mod config {
         pub max_writers: usize,
         pub max_namespaces: usize,
         pub max_users: usize,
+        pub user_ttl: Duration,
         pub max_attachments: usize,
         pub max_json_depth: usize,
         pub max_packets: usize,
@@ -309,6 +315,7 @@ mod config {
             max_writers: size("max-writers")?,
             max_namespaces: size("max-namespaces")?,
             max_users: size("max-users")?,
+            user_ttl: num("user-ttl").map(Duration::from_secs)?,
             max_attachments: size("max-attachments")?,
             max_json_depth: size("max-json-depth")?,
             max_packets: size("max-packets")?,
@@ -1773,6 +1780,11 @@ mod engine {
                 let mut due = Vec::new();
                 while heap.peek().is_some_and(|t| t.at <= now) {
                     due.extend(heap.pop());
+                }
+                // After a crowd has left, give back the room its timers took (MiBs at 10k).
+                if heap.capacity() > 1024 && heap.len() < heap.capacity() / 4 {
+                    let keep = heap.len() * 2;
+                    heap.shrink_to(keep);
                 }
                 if due.is_empty() {
                     let wait = heap
@@ -3325,6 +3337,15 @@ mod hub {
                 except: None,
             }
         }
+        /// The sockets connected to this namespace now.
+        pub fn sockets(&self) -> Vec<Arc<Socket>> {
+            self.sockets
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned()
+                .collect()
+        }
         /// A broadcast to every socket of the namespace.
         pub fn all(&self) -> Broadcast<'_> {
             Broadcast {
@@ -3567,6 +3588,10 @@ mod hub {
                 cfg,
                 timers,
             }
+        }
+
+        pub fn namespace(&self, name: &str) -> Option<&Arc<Namespace>> {
+            self.namespaces.get(name)
         }
 
         fn connect(&self, s: &Arc<Session>, c: &Client, p: sio::Packet) -> Result<(), String> {
@@ -3820,10 +3845,10 @@ mod app {
     use crate::hub::{Ack, AckError, Args, Namespace, Socket};
     use crate::{lock, log, INFO};
     use serde_json::{json, Value};
-    use std::collections::{BTreeMap, VecDeque};
+    use std::collections::{BTreeMap, HashSet, VecDeque};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
     /// The namespaces a server runs: `/` and `/movies`, or `/` and `/custom` when conformance.
     pub fn namespaces(conformance: bool, max_users: usize) -> Vec<Namespace> {
@@ -3906,6 +3931,8 @@ mod app {
     #[derive(Clone, Debug)]
     struct User {
         username: String,
+        /// When a socket of this session was last known to be on `/movies`.
+        seen: Instant,
     }
 
     /// The tutorial's global user table, keyed by the session's uuid. Touched for microseconds;
@@ -3937,6 +3964,31 @@ mod app {
                 }
             }
         }
+        /// Keeps the entries of `live` sessions (and marks them seen now) and those seen
+        /// within `ttl`.
+        fn expire(&mut self, live: &HashSet<String>, now: Instant, ttl: Duration) {
+            for (session, user) in self.by_session.iter_mut() {
+                if live.contains(session) {
+                    user.seen = now;
+                }
+            }
+            self.by_session
+                .retain(|_, user| now.duration_since(user.seen) < ttl);
+            let by_session = &self.by_session;
+            self.order
+                .retain(|session| by_session.contains_key(session));
+            if self.order.capacity() > 2 * self.order.len() + 1024 {
+                self.order.shrink_to_fit();
+            }
+        }
+    }
+
+    /// Forgets the users whose session has had no socket on `/movies` for `ttl`
+    /// (`--user-ttl`): a tab closed for good. Run by the server's housekeeping timer, so the
+    /// table (and RSS) shrinks back after the crowd leaves.
+    pub fn expire_users(movies: &Namespace, ttl: Duration) {
+        let live: HashSet<String> = movies.sockets().iter().map(|s| s.user.clone()).collect();
+        lock(&USERS).expire(&live, Instant::now(), ttl);
     }
 
     fn username(sock: &Socket) -> Option<String> {
@@ -4010,6 +4062,7 @@ mod app {
             };
             let user = User {
                 username: name.clone(),
+                seen: Instant::now(),
             };
             lock(&USERS).insert(&sock.user, user);
             log!(INFO, "Identify: {name}");
@@ -4107,7 +4160,10 @@ mod app {
                 order: VecDeque::new(),
             };
             MAX_USERS.store(2, Ordering::Relaxed);
-            let named = |n: &str| User { username: n.into() };
+            let named = |n: &str| User {
+                username: n.into(),
+                seen: Instant::now(),
+            };
             users.insert("s1", named("a"));
             users.insert("s2", named("b"));
             users.insert("s1", named("a2")); // a rename is not a new entry
@@ -4116,6 +4172,36 @@ mod app {
             assert!(users.get("s1").is_none(), "the oldest session went");
             assert_eq!(users.get("s2").map(|u| u.username.as_str()), Some("b"));
             assert_eq!(users.get("s3").map(|u| u.username.as_str()), Some("c"));
+        }
+
+        #[test]
+        fn users_of_sessions_gone_longer_than_the_ttl_are_forgotten() {
+            let mut users = Users {
+                by_session: BTreeMap::new(),
+                order: VecDeque::new(),
+            };
+            let t0 = Instant::now();
+            let ttl = Duration::from_secs(60);
+            for s in ["gone", "live", "recent"] {
+                users.insert(
+                    s,
+                    User {
+                        username: s.into(),
+                        seen: t0,
+                    },
+                );
+            }
+            let live: HashSet<String> = ["live".to_string()].into();
+            users.expire(&live, t0 + Duration::from_secs(30), ttl);
+            assert_eq!(users.by_session.len(), 3, "nobody is past the ttl yet");
+            users.by_session.get_mut("recent").unwrap().seen = t0 + Duration::from_secs(50);
+            users.expire(&live, t0 + Duration::from_secs(70), ttl);
+            assert!(users.get("gone").is_none(), "70 s since its last socket");
+            assert!(users.get("live").is_some(), "a socket is on /movies");
+            assert!(users.get("recent").is_some(), "left 20 s ago");
+            assert_eq!(users.order, ["live", "recent"]);
+            users.expire(&HashSet::new(), t0 + Duration::from_secs(200), ttl);
+            assert!(users.by_session.is_empty() && users.order.is_empty());
         }
 
         #[test]
@@ -4171,12 +4257,12 @@ mod server {
         pub fn new(cfg: Config) -> Arc<Server> {
             let cfg = Arc::new(cfg);
             let timers = Timers::start();
-            trim_memory_every(&timers, Duration::from_secs(30));
             let hub = Arc::new(Hub::new(
                 cfg.clone(),
                 timers.clone(),
                 app::namespaces(cfg.conformance, cfg.max_users),
             ));
+            housekeeping_every(&timers, &hub, cfg.user_ttl, Duration::from_secs(30));
             let sio = Engine::new(cfg.clone(), timers.clone(), hub, Some("session"));
             let raw = Engine::new(cfg.clone(), timers, Arc::new(app::EngineEcho), None);
             let limits = Limits {
@@ -4341,13 +4427,22 @@ mod server {
         }
     }
 
-    /// Hands memory freed by ended connections back to the OS, so RSS follows the load down.
-    fn trim_memory_every(timers: &Arc<Timers>, period: Duration) {
-        let again = timers.clone();
+    /// Every `period`: forgets `/movies` users gone longer than `user_ttl`, then hands memory
+    /// freed by ended connections back to the OS, so RSS follows the load down.
+    fn housekeeping_every(
+        timers: &Arc<Timers>,
+        hub: &Arc<Hub>,
+        user_ttl: Duration,
+        period: Duration,
+    ) {
+        let (again, hub) = (timers.clone(), hub.clone());
         timers.after(period, move || {
+            if let Some(movies) = hub.namespace("/movies") {
+                app::expire_users(movies, user_ttl);
+            }
             // SAFETY: malloc_trim only releases free pages of the allocator's own heaps.
             unsafe { libc::malloc_trim(0) };
-            trim_memory_every(&again, period);
+            housekeeping_every(&again, &hub, user_ttl, period);
         });
     }
 

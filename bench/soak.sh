@@ -8,7 +8,8 @@ clients=${2:-1000}
 [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error
 cargo build --release --locked --manifest-path ../Cargo.toml
 log=$(mktemp)
-../target/release/tinysio --port 0 >"$log" 2>&1 &
+# A short --user-ttl so the /movies user table empties within the run (default 600 s).
+../target/release/tinysio --port 0 --user-ttl "${USER_TTL:-60}" >"$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null' EXIT
 for _ in $(seq 100); do grep -q "listening on" "$log" && break; sleep 0.05; done
