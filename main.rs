@@ -1685,7 +1685,30 @@ fn spawn_detached(stack: usize, f: Box<dyn FnOnce() + Send>) -> std::io::Result<
 
 /// New unguessable id: 122 random bits (UUID v4), 32 hex digits.
 fn new_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+    random_uuid().simple().to_string()
+}
+
+/// A v4 UUID from the kernel's CSPRNG, drawn 64 bytes at a time per thread: a connection
+/// needs up to four (sid, socket id, session, cookie) and each `Uuid::new_v4` is a syscall.
+fn random_uuid() -> uuid::Uuid {
+    use std::cell::RefCell;
+    thread_local!(static POOL: RefCell<([u8; 64], usize)> = const { RefCell::new(([0; 64], 64)) });
+    POOL.with(|pool| {
+        let (bytes, used) = &mut *pool.borrow_mut();
+        if *used == bytes.len() {
+            // SAFETY: getrandom writes at most `len` bytes into the buffer it is given.
+            let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+            if n != bytes.len() as isize {
+                return uuid::Uuid::new_v4();
+            }
+            *used = 0;
+        }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&bytes[*used..*used + 16]);
+        bytes[*used..*used + 16].fill(0); // handed out once
+        *used += 16;
+        uuid::Builder::from_random_bytes(id).into_uuid()
+    })
 }
 
 // ───────────────────────────────────────────────────────────────────────────────────────────
@@ -2533,7 +2556,7 @@ mod engine {
             match given {
                 Some(v) => (Some(v), None),
                 None => {
-                    let v = uuid::Uuid::new_v4().to_string();
+                    let v = crate::random_uuid().to_string();
                     let set = format!("{name}={v}; Path=/; HttpOnly; SameSite=Lax");
                     (Some(v), Some(set))
                 }
@@ -3154,6 +3177,18 @@ mod engine {
         use super::*;
 
         #[test]
+        fn ids_are_random_v4_uuids_never_repeated() {
+            let ids: Vec<uuid::Uuid> = (0..1000).map(|_| crate::random_uuid()).collect();
+            for id in &ids {
+                assert_eq!(id.get_version_num(), 4);
+                assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+            }
+            let distinct: std::collections::HashSet<_> = ids.iter().collect();
+            assert_eq!(distinct.len(), ids.len());
+            assert_eq!(new_id().len(), 32);
+        }
+
+        #[test]
         fn sse_events_carry_ids_and_one_data_line_per_line() {
             let mut out = Vec::new();
             write_event(&mut out, "abc", 3, &Out::text("4a\nb"));
@@ -3629,7 +3664,7 @@ mod hub {
                 (Some(cookie), true, _) => (cookie.clone(), true),
                 (_, _, Some(v)) => (v.to_string(), true),
                 (Some(cookie), false, None) => (cookie.clone(), false),
-                (None, _, None) => (uuid::Uuid::new_v4().to_string(), false),
+                (None, _, None) => (crate::random_uuid().to_string(), false),
             };
             let sock = Arc::new(Socket {
                 id: new_id(),
