@@ -13,17 +13,19 @@
 //! | `app`    | the services: `/` echo, `/movies` watch party, `/custom`        |
 //! | `server` | the accept loop, routing, shutdown                              |
 //!
-//! Threads: one `accept` thread; one `conn-N` thread per TCP connection (it reads requests,
-//! and for a WebSocket reads frames for the life of the socket); one `timers` thread
-//! (heartbeats, connect and ack timeouts); a `ws-writer` thread only while a WebSocket's kernel
-//! buffer is full; one `signals` thread waiting for SIGINT/SIGTERM.
+//! Threads: one `accept` thread; one connection thread per TCP connection (it reads requests,
+//! and for a WebSocket reads frames for the life of the socket; started by `spawn_detached`);
+//! one `timers` thread (heartbeats, connect and ack timeouts, housekeeping); a `ws-writer`
+//! thread only while a WebSocket's kernel buffer is full; one `signals` thread waiting for
+//! SIGINT/SIGTERM.
 //!
 //! One message, socket to handler and back:
 //!
 //! ```text
-//!  conn-N reads a frame ─► eio::decode ─► Engine::on_packet ─► Hub::message ─► sio::decode
+//!  conn thread reads a frame ─► eio::decode ─► Engine::on_packet ─► Hub::message ─► sio::decode
 //!      ─► Namespace handler (app) ─► Socket::emit ─► sio::encode once into eio::Out (Arc)
-//!      ─► Session::send_all ─► WebSocket: non-blocking send now, backlog + writer if full
+//!      ─► Session::send_all ─► WebSocket: gathered while the frame is handled, then one
+//!                            │  non-blocking sendmsg; backlog + writer if the socket is full
 //!                            └► polling / SSE: the session queue, drained by the waiting GET
 //! ```
 
