@@ -1886,15 +1886,19 @@ mod engine {
     }
 
     /// Gathers up to this many chunks into one `sendmsg`.
-    const MAX_IOV: usize = 64;
+    const MAX_IOV: usize = 16;
 
     /// `sendmsg(2)` of the chunks (the first from its offset) without blocking: the bytes
     /// written, stopping early when the socket buffer is full.
     fn sendmsg_nonblocking(fd: i32, chunks: &VecDeque<(Chunk, usize)>) -> io::Result<usize> {
-        let mut iov: Vec<libc::iovec> = Vec::with_capacity(chunks.len().min(MAX_IOV));
+        let empty = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        let mut iov = [empty; MAX_IOV];
         let mut total = 0;
         loop {
-            iov.clear();
+            let mut used = 0;
             let mut skip = total;
             for (c, off) in chunks {
                 let bytes = &c.bytes()[*off..];
@@ -1904,15 +1908,16 @@ mod engine {
                 }
                 let rest = &bytes[skip..];
                 skip = 0;
-                iov.push(libc::iovec {
+                iov[used] = libc::iovec {
                     iov_base: rest.as_ptr() as *mut libc::c_void,
                     iov_len: rest.len(),
-                });
-                if iov.len() == MAX_IOV {
+                };
+                used += 1;
+                if used == MAX_IOV {
                     break;
                 }
             }
-            if iov.is_empty() {
+            if used == 0 {
                 return Ok(total);
             }
             // SAFETY: every iovec points into a chunk borrowed for this call; msghdr is zeroed
@@ -1920,7 +1925,7 @@ mod engine {
             let n = unsafe {
                 let mut msg: libc::msghdr = std::mem::zeroed();
                 msg.msg_iov = iov.as_mut_ptr();
-                msg.msg_iovlen = iov.len() as _;
+                msg.msg_iovlen = used as _;
                 libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
             };
             if n >= 0 {
@@ -3177,6 +3182,25 @@ mod engine {
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        #[test]
+        fn gathered_chunks_go_out_whole_in_order_from_their_offsets() {
+            use std::os::unix::net::UnixStream;
+            let (a, mut b) = UnixStream::pair().unwrap();
+            let mut chunks: VecDeque<(Chunk, usize)> = VecDeque::new();
+            chunks.push_back((Chunk::Raw(Arc::from(&b"xxhead "[..])), 2));
+            let mut want = b"head ".to_vec();
+            for i in 0..2 * MAX_IOV {
+                let out = Out::text(&format!("4{i}"));
+                want.extend_from_slice(out.ws_frame());
+                chunks.push_back((Chunk::Out(out), 0));
+            }
+            let n = sendmsg_nonblocking(a.as_raw_fd(), &chunks).unwrap();
+            assert_eq!(n, want.len());
+            let mut got = vec![0; want.len()];
+            b.read_exact(&mut got).unwrap();
+            assert_eq!(got, want);
+        }
 
         #[test]
         fn ids_are_random_v4_uuids_never_repeated() {
