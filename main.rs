@@ -2969,7 +2969,8 @@ mod engine {
                     Ok(WsMessage::Binary(b)) => self.handler.message(s, Message::Binary(&b)),
                     Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_)) => Ok(()),
                     Ok(WsMessage::Close(_)) => {
-                        let _ = ws.flush(); // tungstenite's close reply
+                        let _ = ws.flush(); // tungstenite's close reply, gathered by the cork
+                        let _ = conn.uncork();
                         conn.mark_closed();
                         break "transport close".to_string();
                     }

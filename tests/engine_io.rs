@@ -320,6 +320,22 @@ fn oversize_websocket_message_closes_with_1009() {
 }
 
 #[test]
+fn a_client_close_frame_is_answered_with_one() {
+    let server = Server::start(&[]);
+    let mut ws = ws_connect(&server.addr, "/engine.io/?EIO=4&transport=websocket", &[]).unwrap();
+    ws_text(&mut ws);
+    ws.close(None).unwrap();
+    // tungstenite hands the reply up once, then reports the handshake complete.
+    loop {
+        match ws.read() {
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("expected the close handshake to complete, got {e}"),
+        }
+    }
+}
+
+#[test]
 fn malformed_packets_close_the_session() {
     let server = Server::start(&[]);
     for bad in ["9", "", "bnot*base64", "2"] {
