@@ -1887,6 +1887,8 @@ mod engine {
 
     /// Gathers up to this many chunks into one `sendmsg`.
     const MAX_IOV: usize = 16;
+    /// Under the cork, a batch this large (or of `MAX_IOV` chunks) is sent without waiting.
+    const CORK_BYTES: usize = 64 * 1024;
 
     /// `sendmsg(2)` of the chunks (the first from its offset) without blocking: the bytes
     /// written, stopping early when the socket buffer is full.
@@ -2004,6 +2006,13 @@ mod engine {
             if b.writer || b.corked {
                 b.bytes += len;
                 b.chunks.push_back((chunk, 0));
+                let batch = (
+                    MAX_IOV.min(self.max_packets),
+                    CORK_BYTES.min(self.max_bytes),
+                );
+                if !b.writer && (b.chunks.len() >= batch.0 || b.bytes >= batch.1) {
+                    self.flush_gathered(&mut b)?; // a long burst goes out in batches
+                }
                 if b.bytes > self.max_bytes || b.chunks.len() > self.max_packets {
                     b.closed = true; // takes nothing more; the writer thread stops
                     return Err(SendError::Full("send backlog full (client not reading)"));
@@ -2036,6 +2045,11 @@ mod engine {
         pub fn uncork(self: &Arc<Self>) -> Result<(), SendError> {
             let mut b = lock(&self.backlog);
             b.corked = false;
+            self.flush_gathered(&mut b)
+        }
+
+        /// Sends what gathered under the cork, unless a writer thread owns the backlog.
+        fn flush_gathered(self: &Arc<Self>, b: &mut Backlog) -> Result<(), SendError> {
             if b.writer || b.closed || b.chunks.is_empty() {
                 return Ok(());
             }
@@ -2063,7 +2077,7 @@ mod engine {
                 b.chunks = VecDeque::new();
                 return Ok(());
             }
-            self.start_writer(&mut b)
+            self.start_writer(b)
         }
 
         /// Hands the backlog to a writer thread (at most `--max-writers` at once).
@@ -3183,6 +3197,28 @@ mod engine {
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        #[test]
+        fn a_long_burst_under_the_cork_goes_out_in_batches_not_against_the_queue_bound() {
+            use std::net::{TcpListener, TcpStream};
+            let args = ["--max-queue-packets", "10"].map(String::from).to_vec();
+            let cfg = crate::config::parse(args, |_| None).unwrap();
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            let conn = WsConn::new(Arc::new(server), &cfg);
+            conn.cork();
+            let mut want = Vec::new();
+            for i in 0..100 {
+                let out = Out::text(&format!("4{i}"));
+                want.extend_from_slice(out.ws_frame());
+                assert_eq!(conn.send(Chunk::Out(out)), Ok(()), "packet {i}");
+            }
+            assert_eq!(conn.uncork(), Ok(()));
+            let mut got = vec![0; want.len()];
+            client.read_exact(&mut got).unwrap();
+            assert_eq!(got, want);
+        }
 
         #[test]
         fn gathered_chunks_go_out_whole_in_order_from_their_offsets() {
