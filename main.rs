@@ -1707,7 +1707,6 @@ fn random_uuid() -> uuid::Uuid {
         }
         let mut id = [0u8; 16];
         id.copy_from_slice(&bytes[*used..*used + 16]);
-        bytes[*used..*used + 16].fill(0); // handed out once
         *used += 16;
         uuid::Builder::from_random_bytes(id).into_uuid()
     })
@@ -2146,12 +2145,7 @@ mod engine {
         /// if the socket takes it now, then shutdown, which also wakes its reader.
         pub fn close(&self, last: Option<&[u8]>) {
             let mut b = lock(&self.backlog);
-            if !b.closed && !b.writer && !b.chunks.is_empty() {
-                // Gathered under a cork: accepted before the close, so they go first.
-                if sendmsg_nonblocking(self.tcp.as_raw_fd(), &b.chunks).ok() == Some(b.bytes) {
-                    b.chunks.clear();
-                }
-            }
+            self.send_gathered_before_closing(&mut b);
             if !b.closed && b.chunks.is_empty() {
                 if let Some(bytes) = last {
                     let _ = send_nonblocking(self.tcp.as_raw_fd(), bytes);
@@ -2162,9 +2156,22 @@ mod engine {
             let _ = self.tcp.shutdown(Shutdown::Both);
         }
 
-        /// The peer closed: no more frames of ours may follow.
+        /// The peer closed: what was gathered (our close reply among it) goes, then nothing.
         fn mark_closed(&self) {
-            lock(&self.backlog).closed = true;
+            let mut b = lock(&self.backlog);
+            self.send_gathered_before_closing(&mut b);
+            b.closed = true;
+        }
+
+        /// What gathered under a cork was accepted before the close, so it goes first, if
+        /// the socket takes it now (no writer thread is started for a closing connection).
+        fn send_gathered_before_closing(&self, b: &mut Backlog) {
+            let gathered = !b.closed && !b.writer && !b.chunks.is_empty();
+            if gathered
+                && sendmsg_nonblocking(self.tcp.as_raw_fd(), &b.chunks).ok() == Some(b.bytes)
+            {
+                b.chunks.clear();
+            }
         }
     }
 
@@ -2983,8 +2990,7 @@ mod engine {
                     Ok(WsMessage::Binary(b)) => self.handler.message(s, Message::Binary(&b)),
                     Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_)) => Ok(()),
                     Ok(WsMessage::Close(_)) => {
-                        let _ = ws.flush(); // tungstenite's close reply, gathered by the cork
-                        let _ = conn.uncork();
+                        let _ = ws.flush(); // tungstenite's close reply
                         conn.mark_closed();
                         break "transport close".to_string();
                     }
@@ -3520,15 +3526,7 @@ mod hub {
             let packets = encode(Kind::Event, &self.nsp.name, None, Some(event), args);
             let targets: Arc<Vec<Arc<Socket>>> = match &self.room {
                 Some(room) => self.nsp.members(room),
-                None => Arc::new(
-                    self.nsp
-                        .sockets
-                        .read()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .values()
-                        .cloned()
-                        .collect(),
-                ),
+                None => Arc::new(self.nsp.sockets()),
             };
             let mut sent = 0;
             for sock in targets
@@ -4456,9 +4454,7 @@ mod server {
                     peer: &peer,
                     leftover: &mut buf,
                 };
-                let next = self.route(&req, &mut conn);
-                drop(req);
-                match next {
+                match self.route(&req, &mut conn) {
                     Next::KeepAlive => {}
                     Next::Close => return None,
                     Next::WebSocket(ws) => return Some(ws),
