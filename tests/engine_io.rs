@@ -442,6 +442,42 @@ fn a_thousand_sessions_leave_no_threads_or_fds_behind() {
     server.assert_healthy();
 }
 
+/// The scheduling policy of each of the server's threads (field 41 of /proc/PID/task/T/stat).
+fn thread_policies(server: &Server) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", server.pid())).unwrap();
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        .map(|stat| {
+            // Fields after the parenthesised name; policy is field 41, the 39th after it.
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            rest.split(' ').nth(38).unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn connection_threads_run_under_the_chosen_policy_and_the_others_do_not() {
+    const NORMAL: u32 = 0;
+    const BATCH: u32 = 3;
+    for (flag, connection_policy) in [("batch", BATCH), ("normal", NORMAL)] {
+        let server = Server::start(&["--thread-policy", flag]);
+        let before = thread_policies(&server);
+        assert!(before.iter().all(|&p| p == NORMAL), "{flag}: {before:?}");
+        let mut ws =
+            ws_connect(&server.addr, "/engine.io/?EIO=4&transport=websocket", &[]).unwrap();
+        ws_text(&mut ws);
+        let mut during = thread_policies(&server);
+        during.sort();
+        let mut want = before.clone();
+        want.push(connection_policy);
+        want.sort();
+        assert_eq!(
+            during, want,
+            "{flag}: one connection thread more, under {connection_policy}"
+        );
+    }
+}
+
 #[test]
 fn a_connection_flood_beyond_the_cap_gets_503_and_the_server_serves_afterwards() {
     let mut server = Server::start(&["--max-connections", "20"]);
