@@ -391,7 +391,38 @@ fn micros_since(base: Instant) -> u64 {
 async fn broadcast(a: &Args) -> Value {
     const SENDS: usize = 200;
     let base = Instant::now();
-    let mut members = Vec::new();
+    let done_by = Arc::new(std::sync::Mutex::new(Instant::now() + Duration::from_secs(3600)));
+    // Each member starts reading (and answering pings) as soon as it has joined, as a real
+    // client does: a member left unread while the others join would miss its server's
+    // heartbeat and be closed, which is the harness's fault, not the server's.
+    let reader = |mut s: Session| {
+        let done_by = done_by.clone();
+        tokio::task::spawn_local(async move {
+            let mut lat = Vec::with_capacity(SENDS);
+            let mut ended = None;
+            while lat.len() < SENDS {
+                let left = done_by.lock().unwrap().saturating_duration_since(Instant::now());
+                let packets = match tokio::time::timeout(left, s.recv()).await {
+                    Ok(Ok(packets)) => packets,
+                    Ok(Err(e)) => {
+                        ended = Some(e);
+                        break;
+                    }
+                    Err(_) => break,
+                };
+                for p in packets {
+                    // 42/movies,["chat",{"room":"bench","text":"<seq>:<µs>",…}]
+                    if let Some(at) = p.find("\"text\":\"") {
+                        let rest = &p[at + 8..];
+                        let sent: u64 = rest.split(':').nth(1).and_then(|v| v.split('"').next()).and_then(|v| v.parse().ok()).unwrap_or(0);
+                        lat.push(micros_since(base).saturating_sub(sent));
+                    }
+                }
+            }
+            (lat, ended)
+        })
+    };
+    let mut readers = Vec::new();
     let mut failures = 0;
     for _ in 0..a.clients {
         // `join` goes out right after the CONNECT confirmation; a server that loses it (or
@@ -404,34 +435,11 @@ async fn broadcast(a: &Args) -> Value {
             Ok::<_, String>(s)
         };
         match tokio::time::timeout(Duration::from_secs(5), joined).await {
-            Ok(Ok(s)) => members.push(s),
+            Ok(Ok(s)) => readers.push(reader(s)),
             _ => failures += 1,
         }
     }
-    let expected = members.len() * SENDS;
-    let done_by = Arc::new(std::sync::Mutex::new(Instant::now() + Duration::from_secs(3600)));
-    let readers: Vec<_> = members
-        .into_iter()
-        .map(|mut s| {
-            let done_by = done_by.clone();
-            tokio::task::spawn_local(async move {
-                let mut lat = Vec::with_capacity(SENDS);
-                while lat.len() < SENDS {
-                    let left = done_by.lock().unwrap().saturating_duration_since(Instant::now());
-                    let Ok(Ok(packets)) = tokio::time::timeout(left, s.recv()).await else { break };
-                    for p in packets {
-                        // 42/movies,["chat",{"room":"bench","text":"<seq>:<µs>",…}]
-                        if let Some(at) = p.find("\"text\":\"") {
-                            let rest = &p[at + 8..];
-                            let sent: u64 = rest.split(':').nth(1).and_then(|v| v.split('"').next()).and_then(|v| v.parse().ok()).unwrap_or(0);
-                            lat.push(micros_since(base).saturating_sub(sent));
-                        }
-                    }
-                }
-                lat
-            })
-        })
-        .collect();
+    let expected = readers.len() * SENDS;
     let mut sender = match Session::open(&a.addr, "websocket").await {
         Ok(s) => s,
         Err(e) => return json!({ "error": e }),
@@ -472,8 +480,14 @@ async fn broadcast(a: &Args) -> Value {
     tokio::time::sleep(send_time).await;
     *done_by.lock().unwrap() = Instant::now() + Duration::from_secs(10);
     let mut lat = Vec::with_capacity(expected);
+    let (mut reader_errors, mut first_error) = (0, None);
     for r in readers {
-        lat.extend(r.await.unwrap_or_default());
+        let (got, ended) = r.await.unwrap_or_default();
+        lat.extend(got);
+        if let Some(e) = ended {
+            reader_errors += 1;
+            first_error.get_or_insert(e);
+        }
     }
     let elapsed = start.elapsed().as_secs_f64();
     let _ = tx.send(());
@@ -485,6 +499,7 @@ async fn broadcast(a: &Args) -> Value {
         "deliveries_per_s": lat.len() as f64 / elapsed, "seconds": elapsed,
         "p50_ms": percentile(&lat, 0.5), "p99_ms": percentile(&lat, 0.99),
         "cpu_s": cpu1 - cpu0, "rss_kib": rss, "threads": threads, "failures": failures,
+        "members_whose_connection_failed": reader_errors, "first_error": first_error,
     })
 }
 
