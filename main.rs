@@ -1356,12 +1356,28 @@ mod http {
         Ok(Some((r, n)))
     }
 
+    /// The read timeout set on a connection's socket, remembered so that it is set only when
+    /// it changes: a keep-alive connection arms its idle timeout once, not once per request,
+    /// and a connection whose first request was already there never arms one at all.
+    #[derive(Default)]
+    pub struct ReadTimeout(Option<Duration>);
+
+    impl ReadTimeout {
+        pub fn set(&mut self, stream: &TcpStream, timeout: Option<Duration>) {
+            if self.0 != timeout {
+                let _ = stream.set_read_timeout(timeout);
+                self.0 = timeout;
+            }
+        }
+    }
+
     /// Reads one request (head and body) from the connection. Bytes after it stay in `buf`
     /// (a pipelined request, or the first WebSocket frames after an upgrade request).
     pub fn read_request(
         stream: &TcpStream,
         buf: &mut Vec<u8>,
         lim: &Limits,
+        armed: &mut ReadTimeout,
     ) -> Result<Request, HttpError> {
         let mut started: Option<Instant> = (!buf.is_empty()).then(Instant::now);
         let (mut req, head_len) = loop {
@@ -1379,8 +1395,22 @@ mod http {
                     .checked_sub(t.elapsed())
                     .ok_or(HttpError::Status(408, "request head timed out"))?,
             };
-            let _ = stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1))));
-            match read_more(stream, buf) {
+            // A new client sends its request as it connects, so on a socket with no timeout
+            // armed the bytes are usually there already: take them without waiting, and arm
+            // the timeout only when the read would block.
+            let ready = if armed.0.is_none() {
+                read_ready(stream, buf)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            };
+            let read = match ready {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    armed.set(stream, Some(timeout.max(Duration::from_millis(1))));
+                    read_more(stream, buf)
+                }
+                ready => ready,
+            };
+            match read {
                 Ok(0) => return Err(HttpError::Closed),
                 Ok(_) => {
                     started.get_or_insert_with(Instant::now);
@@ -1403,7 +1433,7 @@ mod http {
             let left = deadline
                 .checked_duration_since(Instant::now())
                 .ok_or(HttpError::Status(408, "request body timed out"))?;
-            let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+            armed.set(stream, Some(left.max(Duration::from_millis(1))));
             match read_more(stream, buf) {
                 Ok(0) => return Err(HttpError::Closed),
                 Ok(_) => {}
@@ -1426,6 +1456,27 @@ mod http {
         let result = (&*stream).read(&mut buf[len..]);
         buf.truncate(len + *result.as_ref().unwrap_or(&0));
         result
+    }
+
+    /// `read_more` without waiting: `WouldBlock` when nothing has arrived.
+    fn read_ready(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let len = buf.len();
+        buf.resize(len + 4096, 0);
+        // SAFETY: the pointer and length name the 4096 bytes just added to `buf`.
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                buf[len..].as_mut_ptr().cast(),
+                4096,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        buf.truncate(len + n.max(0) as usize);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
     }
 
     fn is_timeout(e: &io::Error) -> bool {
@@ -1709,6 +1760,15 @@ fn sched_batch() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: pid 0 names the calling thread; `param` is a valid sched_param.
     unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+}
+
+/// Hash keys for the maps each connection makes (its namespaces, its pending acks): drawn
+/// once per process. `HashMap::new` draws them once per thread, and with a thread per
+/// connection that was a `getrandom` syscall per connection.
+fn hash_keys() -> std::collections::hash_map::RandomState {
+    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    KEYS.get_or_init(Default::default).clone()
 }
 
 /// New unguessable id: 122 random bits (UUID v4), 32 hex digits.
@@ -2466,6 +2526,7 @@ mod engine {
         pub tcp: &'a Arc<TcpStream>,
         pub peer: &'a str,
         pub leftover: &'a mut Vec<u8>,
+        pub read_timeout: &'a mut http::ReadTimeout,
     }
 
     impl Engine {
@@ -2900,7 +2961,7 @@ mod engine {
                 }
                 return Next::Close;
             }
-            let _ = c.tcp.set_read_timeout(None);
+            c.read_timeout.set(c.tcp, None);
             let ws_cfg = WebSocketConfig::default()
                 .read_buffer_size(2048)
                 .write_buffer_size(0)
@@ -3086,7 +3147,7 @@ mod engine {
                 ("X-Accel-Buffering", "no"),
             ]);
             let tcp = c.tcp;
-            let _ = tcp.set_read_timeout(None);
+            c.read_timeout.set(tcp, None);
             let _ = tcp.set_write_timeout(Some(self.cfg.ping_timeout));
             let keepalive = (self.cfg.ping_interval / 2).min(Duration::from_secs(15));
             let (me, mut batch) = {
@@ -3683,7 +3744,6 @@ mod hub {
     }
 
     /// Per Engine.IO session: its sockets by namespace, and a binary packet being assembled.
-    #[derive(Default)]
     struct Client {
         sockets: Mutex<HashMap<String, Arc<Socket>>>,
         partial: Mutex<Option<(sio::Packet, Vec<Vec<u8>>)>>,
@@ -3761,7 +3821,7 @@ mod hub {
                 user_given,
                 auth,
                 rooms: Mutex::default(),
-                acks: Mutex::default(),
+                acks: Mutex::new(HashMap::with_hasher(crate::hash_keys())),
                 next_ack: AtomicU64::new(0),
                 timers: self.timers.clone(),
             });
@@ -3845,7 +3905,10 @@ mod hub {
 
     impl Handler for Hub {
         fn open(&self, s: &Arc<Session>) {
-            let _ = s.ext.set(Box::new(Client::default()));
+            let _ = s.ext.set(Box::new(Client {
+                sockets: Mutex::new(HashMap::with_hasher(crate::hash_keys())),
+                partial: Mutex::default(),
+            }));
             let session = s.handle();
             // SIO5: a client must CONNECT a namespace within the connect timeout.
             self.timers.after(self.cfg.connect_timeout, move || {
@@ -4462,8 +4525,10 @@ mod server {
             let tcp = Arc::new(tcp);
             let peer = peer.to_string();
             let mut buf = Vec::new();
+            let mut read_timeout = http::ReadTimeout::default();
             loop {
-                let req = match http::read_request(&tcp, &mut buf, &self.limits) {
+                let req = match http::read_request(&tcp, &mut buf, &self.limits, &mut read_timeout)
+                {
                     Ok(req) => req,
                     Err(HttpError::Closed) => return None,
                     Err(HttpError::Status(status, message)) => {
@@ -4482,6 +4547,7 @@ mod server {
                     tcp: &tcp,
                     peer: &peer,
                     leftover: &mut buf,
+                    read_timeout: &mut read_timeout,
                 };
                 match self.route(&req, &mut conn) {
                     Next::KeepAlive => {}

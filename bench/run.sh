@@ -3,6 +3,7 @@
 # this machine, with the same load generator and the same handlers. Installs the peers itself.
 #   bench/run.sh            the full run (about 15 minutes)
 #   QUICK=1 bench/run.sh    a short smoke run (2 s echoes, small sizes)
+#   SERVERS="tinysio socketioxide" bench/run.sh    only these servers
 # Writes bench/out/results.jsonl (one JSON line per measurement) and bench/out/table.md.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -47,7 +48,7 @@ run() { # server scenario transport clients
     | tee -a "$out/results.jsonl" || echo "{\"server\":\"$1\",\"scenario\":\"$2\",\"transport\":\"$3\",\"clients\":$4,\"error\":\"timed out or failed\"}" | tee -a "$out/results.jsonl"
 }
 
-for server in tinysio socketioxide socket.io flask-socketio; do
+for server in ${SERVERS:-tinysio socketioxide socket.io flask-socketio}; do
   echo "== $server"
   start $server
   for t in websocket polling; do for n in $echo_sizes; do run $server echo $t $n; done; done
