@@ -1762,15 +1762,6 @@ fn sched_batch() {
     unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
 }
 
-/// Hash keys for the maps each connection makes (its namespaces, its pending acks): drawn
-/// once per process. `HashMap::new` draws them once per thread, and with a thread per
-/// connection that was a `getrandom` syscall per connection.
-fn hash_keys() -> std::collections::hash_map::RandomState {
-    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
-        std::sync::OnceLock::new();
-    KEYS.get_or_init(Default::default).clone()
-}
-
 /// New unguessable id: 122 random bits (UUID v4), 32 hex digits.
 fn new_id() -> String {
     random_uuid().simple().to_string()
@@ -3744,6 +3735,7 @@ mod hub {
     }
 
     /// Per Engine.IO session: its sockets by namespace, and a binary packet being assembled.
+    #[derive(Default)]
     struct Client {
         sockets: Mutex<HashMap<String, Arc<Socket>>>,
         partial: Mutex<Option<(sio::Packet, Vec<Vec<u8>>)>>,
@@ -3821,7 +3813,7 @@ mod hub {
                 user_given,
                 auth,
                 rooms: Mutex::default(),
-                acks: Mutex::new(HashMap::with_hasher(crate::hash_keys())),
+                acks: Mutex::default(),
                 next_ack: AtomicU64::new(0),
                 timers: self.timers.clone(),
             });
@@ -3905,10 +3897,7 @@ mod hub {
 
     impl Handler for Hub {
         fn open(&self, s: &Arc<Session>) {
-            let _ = s.ext.set(Box::new(Client {
-                sockets: Mutex::new(HashMap::with_hasher(crate::hash_keys())),
-                partial: Mutex::default(),
-            }));
+            let _ = s.ext.set(Box::new(Client::default()));
             let session = s.handle();
             // SIO5: a client must CONNECT a namespace within the connect timeout.
             self.timers.after(self.cfg.connect_timeout, move || {
