@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark: tinysio against Node socket.io, socketioxide and Flask-SocketIO, in one run on
 # this machine, with the same load generator and the same handlers. Installs the peers itself.
-#   bench/run.sh            the full run (about 15 minutes)
+#   bench/run.sh            the full run (about 17 minutes)
 #   QUICK=1 bench/run.sh    a short smoke run (2 s echoes, small sizes)
 #   SERVERS="tinysio socketioxide" bench/run.sh    only these servers
 # Writes bench/out/results.jsonl (one JSON line per measurement) and bench/out/table.md.
@@ -48,19 +48,22 @@ run() { # server scenario transport clients
     | tee -a "$out/results.jsonl" || echo "{\"server\":\"$1\",\"scenario\":\"$2\",\"transport\":\"$3\",\"clients\":$4,\"error\":\"timed out or failed\"}" | tee -a "$out/results.jsonl"
 }
 
-for server in ${SERVERS:-tinysio socketioxide socket.io flask-socketio}; do
-  echo "== $server"
-  start $server
-  for t in websocket polling; do for n in $echo_sizes; do run $server echo $t $n; done; done
-  [ $server = tinysio ] && for n in $echo_sizes; do run $server echo sse $n; done
-  for n in $bcast_sizes; do run $server broadcast websocket $n; done
-  stop
-  for n in $conn_sizes; do # a fresh server for each size: RSS and threads at rest are its own
+# Side by side: each measurement runs on every server back to back, each on a fresh server, so
+# the servers of one row are minutes apart at most seconds, not minutes: this VM's speed drifts
+# by tens of percent over minutes (the same server's echo at 100 clients ranged 45k–83k
+# acks/s in one quarter hour), which made a server-after-server order decide rows by luck.
+servers=${SERVERS:-tinysio socketioxide socket.io flask-socketio}
+each() { # scenario transport clients [servers]
+  for server in ${4:-$servers}; do
     start $server
-    run $server connect websocket $n
+    run $server "$1" "$2" "$3"
     stop
   done
-done
+}
+for t in websocket polling; do for n in $echo_sizes; do each echo $t $n; done; done
+case " $servers " in *" tinysio "*) for n in $echo_sizes; do each echo sse $n tinysio; done ;; esac
+for n in $bcast_sizes; do each broadcast websocket $n; done
+for n in $conn_sizes; do each connect websocket $n; done # RSS and threads at rest are a fresh server's
 
 python3 report.py "$out/results.jsonl" >"$out/table.md"
 cat "$out/table.md"
