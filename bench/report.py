@@ -1,10 +1,34 @@
 """Turns bench/out/results.jsonl into the markdown table of README's performance section."""
 import json
+import statistics
 import sys
 
 PEERS = ["socketioxide", "socket.io", "flask-socketio"]
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-by = {(r["server"], r["scenario"], r["transport"], r["clients"]): r for r in rows}
+
+# A row that ran in several rounds shows each metric's median over the rounds that did not fail
+# (a failed round is counted in "failed rounds" below the table).
+runs = {}
+for r in rows:
+    runs.setdefault((r["server"], r["scenario"], r["transport"], r["clients"]), []).append(r)
+
+
+def median_of(rs):
+    ok = [r for r in rs if "error" not in r]
+    if not ok:
+        return rs[-1]
+    merged = dict(ok[0])
+    for k, v in ok[0].items():
+        vals = [r.get(k) for r in ok if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)]
+        if k != "round" and isinstance(v, (int, float)) and not isinstance(v, bool) and len(vals) == len(ok):
+            merged[k] = statistics.median(vals)
+    merged["rounds"] = len(ok)
+    return merged
+
+
+by = {key: median_of(rs) for key, rs in runs.items()}
+failed = {key: sum("error" in r for r in rs) for key, rs in runs.items()}
+rounds = max((len(rs) for rs in runs.values()), default=1)
 
 # (label, scenario, transport, sizes, metric, unit, higher is better)
 TABLE = [
@@ -31,6 +55,8 @@ TABLE = [
 def fmt(v):
     if v is None:
         return "–"
+    if isinstance(v, float) and v.is_integer():  # a median of whole numbers (threads, clients held)
+        v = int(v)
     if isinstance(v, float):
         return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"
     return f"{v:,}"
@@ -38,7 +64,11 @@ def fmt(v):
 
 print("Load generator and server share the machine's 2 cores (the generator runs on one thread);")
 print("all servers on 127.0.0.1, same generator, same handlers, same run. Ratio: tinysio ÷ best peer")
-print("(best = highest where more is better, lowest where less is better); ✓ where tinysio leads or ties.\n")
+print("(best = highest where more is better, lowest where less is better); ✓ where tinysio leads or ties.")
+if rounds > 1:
+    print(f"Echo and connect rows ran in {rounds} interleaved rounds (Flask-SocketIO in the first only);")
+    print("each figure is that server's median over its rounds.")
+print()
 print("| measurement | transport | clients | tinysio | " + " | ".join(PEERS) + " | ratio |")
 print("|---|---|---:|---:|" + "---:|" * len(PEERS) + "---:|")
 sizes = sorted({r["clients"] for r in rows})
@@ -64,3 +94,7 @@ for label, scenario, transport, metric, only, higher in TABLE:
                 ok = r >= 1 if higher else r <= 1
                 ratio = f"{r:.2f}×" + (" ✓" if ok else "")
         print(f"| {label} | {transport} | {n:,} | {fmt(mine)} | " + " | ".join(fmt(p) for p in peers) + f" | {ratio} |")
+
+bad = [f"{k[0]} {k[1]} {k[2]} {k[3]}: {n}" for k, n in failed.items() if n]
+if bad:
+    print("\nFailed rounds (left out of the medians): " + "; ".join(bad) + ".")

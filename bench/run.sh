@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The benchmark: tinysio against Node socket.io, socketioxide and Flask-SocketIO, in one run on
 # this machine, with the same load generator and the same handlers. Installs the peers itself.
-#   bench/run.sh            the full run (about 17 minutes)
+#   bench/run.sh            the full run (about 25 minutes)
 #   QUICK=1 bench/run.sh    a short smoke run (2 s echoes, small sizes)
 #   SERVERS="tinysio socketioxide" bench/run.sh    only these servers
+#   ROUNDS=5 bench/run.sh   rounds of the echo and connect rows (default 3; the table shows medians)
 # Writes bench/out/results.jsonl (one JSON line per measurement) and bench/out/table.md.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -43,27 +44,42 @@ start() { # name → sets pid, addr
   echo "$1 did not start"; cat "$out/$1.log"; return 1
 }
 stop() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; }
+round=1
 run() { # server scenario transport clients
-  timeout 180 "$loadgen" --addr "$addr" --pid "$pid" --server "$1" --scenario "$2" --transport "$3" --clients "$4" --seconds "$secs" \
-    | tee -a "$out/results.jsonl" || echo "{\"server\":\"$1\",\"scenario\":\"$2\",\"transport\":\"$3\",\"clients\":$4,\"error\":\"timed out or failed\"}" | tee -a "$out/results.jsonl"
+  local line
+  line=$(timeout 180 "$loadgen" --addr "$addr" --pid "$pid" --server "$1" --scenario "$2" --transport "$3" --clients "$4" --seconds "$secs") ||
+    line="{\"server\":\"$1\",\"scenario\":\"$2\",\"transport\":\"$3\",\"clients\":$4,\"error\":\"timed out or failed\"}"
+  echo "${line%\}},\"round\":$round}" | tee -a "$out/results.jsonl"
 }
 
 # Side by side: each measurement runs on every server back to back, each on a fresh server, so
 # the servers of one row are minutes apart at most seconds, not minutes: this VM's speed drifts
 # by tens of percent over minutes (the same server's echo at 100 clients ranged 45k–83k
 # acks/s in one quarter hour), which made a server-after-server order decide rows by luck.
+# Rounds: the echo and connect rows run ROUNDS times, interleaved (every row once, then again),
+# and the table shows each server's median, so one slow minute cannot decide a row. The spread
+# stays in results.jsonl ("round"). Flask-SocketIO, far behind on every row, runs in the first
+# round only (its 10k connect alone takes two minutes); broadcast runs once (a run is 200 sends
+# to every member, each measured).
 servers=${SERVERS:-tinysio socketioxide socket.io flask-socketio}
+rounds=${ROUNDS:-${QUICK:+1}}
+rounds=${rounds:-3}
 each() { # scenario transport clients [servers]
   for server in ${4:-$servers}; do
+    [ "$server" = flask-socketio ] && [ "$round" -gt 1 ] && continue
     start $server
     run $server "$1" "$2" "$3"
     stop
   done
 }
-for t in websocket polling; do for n in $echo_sizes; do each echo $t $n; done; done
-case " $servers " in *" tinysio "*) for n in $echo_sizes; do each echo sse $n tinysio; done ;; esac
+for round in $(seq "$rounds"); do
+  echo "== round $round of $rounds"
+  for t in websocket polling; do for n in $echo_sizes; do each echo $t $n; done; done
+  case " $servers " in *" tinysio "*) for n in $echo_sizes; do each echo sse $n tinysio; done ;; esac
+  for n in $conn_sizes; do each connect websocket $n; done # RSS and threads at rest are a fresh server's
+done
+round=1
 for n in $bcast_sizes; do each broadcast websocket $n; done
-for n in $conn_sizes; do each connect websocket $n; done # RSS and threads at rest are a fresh server's
 
 python3 report.py "$out/results.jsonl" >"$out/table.md"
 cat "$out/table.md"
