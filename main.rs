@@ -1843,7 +1843,7 @@ mod engine {
     use std::net::{Shutdown, TcpStream};
     use std::os::fd::AsRawFd;
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-    use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+    use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
     use std::time::{Duration, Instant};
     use tungstenite::protocol::{Role, WebSocketConfig};
     use tungstenite::{Message as WsMessage, WebSocket};
@@ -2366,6 +2366,9 @@ mod engine {
         /// The old transport delivered its noop and waits out the upgrade: it sends no more.
         paused: bool,
         poll_waiting: bool,
+        /// Threads in `Session::wait` (a pending GET, an SSE stream): only then is there
+        /// anyone to notify.
+        waiters: u32,
         /// Pings sent, and the ping count when the last pong came (a pong answers them all).
         ping_seq: u64,
         pong_seq: u64,
@@ -2410,6 +2413,29 @@ mod engine {
     static CLOSE: OnceLock<Arc<Out>> = OnceLock::new();
 
     impl Session {
+        /// Wakes whoever waits on this session's state. std's notify makes a futex call even
+        /// when nobody waits, which on polling was one syscall per queued packet.
+        fn wake_waiters(&self, st: &State) {
+            if st.waiters > 0 {
+                self.wake.notify_all();
+            }
+        }
+
+        /// Waits for `wake_waiters` or the timeout; true if it timed out.
+        fn wait<'a>(
+            &self,
+            mut st: MutexGuard<'a, State>,
+            timeout: Duration,
+        ) -> (MutexGuard<'a, State>, bool) {
+            st.waiters += 1;
+            let (mut st, wait) = self
+                .wake
+                .wait_timeout(st, timeout)
+                .unwrap_or_else(|e| e.into_inner());
+            st.waiters -= 1;
+            (st, wait.timed_out())
+        }
+
         /// Queues packets in order, as one unit (a Socket.IO packet and its attachments must
         /// not interleave with another sender's). Never blocks; a full queue closes the session.
         pub fn send_all(self: &Arc<Self>, packets: &[Arc<Out>]) {
@@ -2430,7 +2456,7 @@ mod engine {
                     _ => {
                         st.queue.extend(packets.iter().cloned());
                         st.queued_bytes += packets.iter().map(|p| p.payload().len()).sum::<usize>();
-                        self.wake.notify_all();
+                        self.wake_waiters(&st);
                         let (max_packets, max_bytes) = self.queue_limits;
                         (st.queue.len() > max_packets || st.queued_bytes > max_bytes)
                             .then_some("outbound queue full (client not reading)")
@@ -2768,6 +2794,7 @@ mod engine {
                     upgrading: false,
                     paused: false,
                     poll_waiting: false,
+                    waiters: 0,
                     ping_seq: 0,
                     pong_seq: 0,
                     sse: SseLog::default(),
@@ -2870,13 +2897,10 @@ mod engine {
             let mut gone = false;
             while st.closed.is_none() && !st.has_deliverable() && st.transport == Transport::Polling
             {
-                let (guard, wait) = s
-                    .wake
-                    .wait_timeout(st, Duration::from_millis(500))
-                    .unwrap_or_else(|e| e.into_inner());
+                let (guard, timed_out) = s.wait(st, Duration::from_millis(500));
                 st = guard;
                 // A client that dropped its connection during the GET has gone.
-                if wait.timed_out() && peer_gone(c.tcp) {
+                if timed_out && peer_gone(c.tcp) {
                     gone = true;
                     break;
                 }
@@ -3046,7 +3070,7 @@ mod engine {
                     st.upgrading = false;
                     st.paused = false;
                     st.ws = None;
-                    s.wake.notify_all();
+                    s.wake_waiters(&st);
                 }
                 drop(st);
                 conn.close(None);
@@ -3079,7 +3103,7 @@ mod engine {
                         let queued: Vec<Arc<Out>> =
                             st.queue.drain(..).filter(|p| !p.is_noop()).collect();
                         st.queued_bytes = 0;
-                        s.wake.notify_all();
+                        s.wake_waiters(&st);
                         let flushed = queued
                             .into_iter()
                             .try_for_each(|p| conn.send(Chunk::Out(p)));
@@ -3192,7 +3216,7 @@ mod engine {
                     }
                     batch.extend(st.sse.sent.iter().filter(|(id, _)| *id > after).cloned());
                 }
-                s.wake.notify_all();
+                s.wake_waiters(&st);
                 (st.sse.stream, batch)
             };
             let mut out = http::head(200, &h, None, false);
@@ -3217,12 +3241,9 @@ mod engine {
                     if st.has_deliverable() || st.closed.is_some() {
                         break;
                     }
-                    let (guard, wait) = s
-                        .wake
-                        .wait_timeout(st, keepalive)
-                        .unwrap_or_else(|e| e.into_inner());
+                    let (guard, timed_out) = s.wait(st, keepalive);
                     st = guard;
-                    if wait.timed_out() && !st.has_deliverable() && st.closed.is_none() {
+                    if timed_out && !st.has_deliverable() && st.closed.is_none() {
                         out.extend_from_slice(b":\n\n"); // keep-alive comment; a dead peer fails it
                         break;
                     }
@@ -3264,7 +3285,7 @@ mod engine {
                     return;
                 }
                 st.closed = Some(reason.to_string());
-                s.wake.notify_all();
+                s.wake_waiters(&st);
                 (st.ws.take(), st.transport)
             };
             lock(&self.sessions).remove(&s.sid);
