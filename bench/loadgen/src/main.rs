@@ -427,7 +427,10 @@ async fn broadcast(a: &Args) -> Value {
                     }
                 }
             }
-            (lat, ended)
+            // The member stays connected until every member is done: a member that left
+            // now would run the server's disconnect handlers (tinysio's app announces the
+            // room's new member list) inside the measured window, for the others.
+            (lat, ended, s)
         })
     };
     let mut readers = Vec::new();
@@ -489,9 +492,11 @@ async fn broadcast(a: &Args) -> Value {
     *done_by.lock().unwrap() = Instant::now() + Duration::from_secs(10);
     let mut lat = Vec::with_capacity(expected);
     let (mut reader_errors, mut first_error) = (0, None);
+    let mut members = Vec::with_capacity(readers.len());
     for r in readers {
-        let (got, ended) = r.await.unwrap_or_default();
+        let Ok((got, ended, s)) = r.await else { continue };
         lat.extend(got);
+        members.push(s);
         if let Some(e) = ended {
             reader_errors += 1;
             first_error.get_or_insert(e);
