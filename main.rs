@@ -3383,6 +3383,49 @@ mod engine {
         }
 
         #[test]
+        fn a_queued_packet_wakes_a_waiting_poll_and_only_waiters_are_counted() {
+            struct Quiet;
+            impl Handler for Quiet {
+                fn open(&self, _: &Arc<Session>) {}
+                fn message(&self, _: &Arc<Session>, _: Message) -> Result<(), String> {
+                    Ok(())
+                }
+                fn close(&self, _: &Arc<Session>, _: &str) {}
+            }
+            let cfg = Arc::new(crate::config::parse(Vec::new(), |_| None).unwrap());
+            let engine = Engine::new(cfg, Timers::start(), Arc::new(Quiet), None);
+            let s = engine.create(Transport::Polling, (None, false), "test", None);
+            let waiter = {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let mut st = lock(&s.state);
+                    loop {
+                        if st.has_deliverable() {
+                            return (false, st.take_deliverable().len(), st.waiters);
+                        }
+                        // Only a notify ends this wait before the timeout, which then
+                        // fails the test rather than hanging it.
+                        let (guard, timed_out) = s.wait(st, Duration::from_secs(20));
+                        st = guard;
+                        if timed_out {
+                            return (true, 0, st.waiters);
+                        }
+                    }
+                })
+            };
+            // The waiter counts itself under the lock it then gives up in `wait`, so once the
+            // count shows here it is waiting and the packet below must wake it.
+            while lock(&s.state).waiters == 0 {
+                std::thread::yield_now();
+            }
+            s.send_all(&[Out::text("4hello")]);
+            let (timed_out, delivered, waiters_after) = waiter.join().unwrap();
+            assert!(!timed_out);
+            assert_eq!(delivered, 1);
+            assert_eq!(waiters_after, 0);
+        }
+
+        #[test]
         fn ids_are_random_v4_uuids_never_repeated() {
             let ids: Vec<uuid::Uuid> = (0..1000).map(|_| crate::random_uuid()).collect();
             for id in &ids {
