@@ -3383,7 +3383,7 @@ mod engine {
         }
 
         #[test]
-        fn a_queued_packet_wakes_a_waiting_poll_and_only_waiters_are_counted() {
+        fn a_queued_packet_wakes_a_waiting_poll_and_the_waiter_count_returns_to_zero() {
             struct Quiet;
             impl Handler for Quiet {
                 fn open(&self, _: &Arc<Session>) {}

@@ -56,8 +56,9 @@ run() { # server scenario transport clients
 # the servers of one row are minutes apart at most seconds, not minutes: this VM's speed drifts
 # by tens of percent over minutes (the same server's echo at 100 clients ranged 45k–83k
 # acks/s in one quarter hour), which made a server-after-server order decide rows by luck.
-# Rounds: the echo and connect rows run ROUNDS times, interleaved (every row once, then again),
-# and the table shows each server's median, so one slow minute cannot decide a row. The spread
+# Rounds: the echo and connect rows run ROUNDS times, interleaved (every row once, then again);
+# the table shows each server's median, and its ratio is the median of the same-round ratios,
+# so one slow minute cannot decide a row. The spread
 # stays in results.jsonl ("round"). Flask-SocketIO, far behind on every row, runs in the first
 # round only (its 10k connect alone takes two minutes); broadcast runs once (a run is 200 sends
 # to every member, each measured).
