@@ -900,7 +900,12 @@ mod sio {
             ),
         };
         i += digits;
-        if json_depth(&bytes[i..], limits.depth) > limits.depth {
+        // No deeper than it has brackets: a count (vectorised) spares most packets the scan.
+        let brackets = bytes[i..]
+            .iter()
+            .filter(|c| matches!(c, b'[' | b'{'))
+            .count();
+        if brackets > limits.depth && json_depth(&bytes[i..], limits.depth) > limits.depth {
             return Err(DecodeError::TooDeep(limits.depth));
         }
         let data = match &text[i..] {
@@ -1018,18 +1023,33 @@ mod sio {
         nsp: &str,
         id: Option<u64>,
     ) {
-        use std::io::Write;
         out.push(kind.digit());
         if kind.is_binary() {
-            let _ = write!(out, "{attachments}-"); // into a Vec: cannot fail
+            push_decimal(out, attachments as u64);
+            out.push(b'-');
         }
         if nsp != "/" {
             out.extend_from_slice(nsp.as_bytes());
             out.push(b',');
         }
         if let Some(id) = id {
-            let _ = write!(out, "{id}");
+            push_decimal(out, id);
         }
+    }
+
+    /// Appends `n` in decimal; `write!` would take the formatting machinery for every ack id.
+    fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(&digits[at..]);
     }
 
     /// The inverse of `decode` (the hub writes its packets with `write_head` directly).
@@ -1118,6 +1138,11 @@ mod sio {
                     "61-/admin,15[{\"_placeholder\":true,\"num\":0}]",
                     packet(BinaryAck, "/admin", Some(15), Some(json!([ph])), 1),
                 ),
+                ("30[]", packet(Ack, "/", Some(0), Some(json!([])), 0)),
+                (
+                    "318446744073709551615[1]",
+                    packet(Ack, "/", Some(u64::MAX), Some(json!([1])), 0),
+                ),
             ] {
                 assert_eq!(decode(text, LIMITS).as_ref(), Ok(&p), "{text}");
                 let mut out = Vec::new();
@@ -1189,6 +1214,8 @@ mod sio {
             assert_eq!(json_depth(b"", 4), 0);
             // Exactly at the limit is accepted.
             assert!(decode("2[\"a\",[[[[[[1]]]]]]]", LIMITS).is_ok());
+            // More brackets than the limit, but inside a string: the scan decides, not the count.
+            assert!(decode("2[\"a\",\"[[[[[[[[[[{{{{\"]", LIMITS).is_ok());
         }
 
         /// Property: any packet we encode decodes to itself; no input panics the decoder.
@@ -2003,10 +2030,15 @@ mod engine {
     const MAX_IOV: usize = 16;
     /// Under the cork, a batch this large (or of `MAX_IOV` chunks) is sent without waiting.
     const CORK_BYTES: usize = 64 * 1024;
+    /// Backlog storage kept once empty: the few chunks a handler sends per frame (96 bytes).
+    const KEEP_CHUNKS: usize = 4;
 
     /// `sendmsg(2)` of the chunks (the first from its offset) without blocking: the bytes
     /// written, stopping early when the socket buffer is full.
     fn sendmsg_nonblocking(fd: i32, chunks: &VecDeque<(Chunk, usize)>) -> io::Result<usize> {
+        if let ([(c, off)], []) | ([], [(c, off)]) = chunks.as_slices() {
+            return send_nonblocking(fd, &c.bytes()[*off..]); // the usual reply: no iovecs
+        }
         let empty = libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
@@ -2187,8 +2219,11 @@ mod engine {
                 b.chunks.pop_front();
             }
             if b.chunks.is_empty() {
-                // Its storage would otherwise stay allocated for the connection's life.
-                b.chunks = VecDeque::new();
+                // A burst's storage would otherwise stay allocated for the connection's life;
+                // a small one is kept, or every frame under the cork would allocate it anew.
+                if b.chunks.capacity() > KEEP_CHUNKS {
+                    b.chunks = VecDeque::new();
+                }
                 return Ok(());
             }
             self.start_writer(b)
@@ -3529,6 +3564,7 @@ mod hub {
     use crate::{lock, log, new_id, DEBUG};
     use serde_json::{json, Value};
     use std::collections::HashMap;
+    use std::hash::{BuildHasherDefault, Hasher};
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, Mutex, RwLock};
     use std::time::Duration;
@@ -3557,15 +3593,25 @@ mod hub {
         }
     }
 
-    /// Encodes an EVENT (with its name) or an ACK once, as the Engine.IO messages to send:
-    /// the text packet, then one binary message per attachment.
-    fn encode(
-        kind: Kind,
-        nsp: &str,
-        id: Option<u64>,
-        event: Option<&str>,
-        args: &Args,
-    ) -> Vec<Arc<Out>> {
+    /// The Engine.IO messages of one Socket.IO packet, in order: the text packet, then one
+    /// binary message per attachment. Most packets have none, and then no list is allocated.
+    enum Encoded {
+        One([Arc<Out>; 1]),
+        Many(Vec<Arc<Out>>),
+    }
+
+    impl std::ops::Deref for Encoded {
+        type Target = [Arc<Out>];
+        fn deref(&self) -> &[Arc<Out>] {
+            match self {
+                Encoded::One(one) => one,
+                Encoded::Many(list) => list,
+            }
+        }
+    }
+
+    /// Encodes an EVENT (with its name) or an ACK once, as the Engine.IO messages to send.
+    fn encode(kind: Kind, nsp: &str, id: Option<u64>, event: Option<&str>, args: &Args) -> Encoded {
         let kind = match (kind, args.bins.is_empty()) {
             (Kind::Event, false) => Kind::BinaryEvent,
             (Kind::Ack, false) => Kind::BinaryAck,
@@ -3587,9 +3633,14 @@ mod hub {
             }
             b.push(b']');
         });
-        std::iter::once(text)
-            .chain(args.bins.iter().map(|bin| Out::binary(bin)))
-            .collect()
+        if args.bins.is_empty() {
+            return Encoded::One([text]);
+        }
+        Encoded::Many(
+            std::iter::once(text)
+                .chain(args.bins.iter().map(|bin| Out::binary(bin)))
+                .collect(),
+        )
     }
 
     fn control(kind: Kind, nsp: &str, data: Option<&Value>) -> Arc<Out> {
@@ -3600,6 +3651,29 @@ mod hub {
                 let _ = serde_json::to_writer(&mut *b, d);
             }
         })
+    }
+
+    /// A map keyed by names the server fixes at start (namespaces, events): a client can look
+    /// a key up but never insert one of its choosing, so SipHash's defence against chosen
+    /// collisions buys nothing here, and it was a twentieth of the work per message (callgrind).
+    type Fixed<V> = HashMap<String, V, BuildHasherDefault<Fnv>>;
+
+    /// FNV-1a.
+    struct Fnv(u64);
+    impl Default for Fnv {
+        fn default() -> Fnv {
+            Fnv(0xcbf2_9ce4_8422_2325)
+        }
+    }
+    impl Hasher for Fnv {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for b in bytes {
+                self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
     }
 
     pub type EventFn = Box<dyn Fn(&Arc<Socket>, Args, Option<Ack>) + Send + Sync>;
@@ -3619,7 +3693,7 @@ mod hub {
         pub name: String,
         on_connect: Option<SocketFn>,
         on_disconnect: Option<DisconnectFn>,
-        events: HashMap<String, EventFn>,
+        events: Fixed<EventFn>,
         sockets: RwLock<HashMap<String, Arc<Socket>>>,
         /// Copy-on-write member lists: a broadcast clones one `Arc`, never the list.
         rooms: Mutex<HashMap<String, Arc<Vec<Arc<Socket>>>>>,
@@ -3631,7 +3705,7 @@ mod hub {
                 name: name.to_string(),
                 on_connect: None,
                 on_disconnect: None,
-                events: HashMap::new(),
+                events: Fixed::default(),
                 sockets: RwLock::default(),
                 rooms: Mutex::default(),
             }
@@ -3876,7 +3950,7 @@ mod hub {
     /// Per Engine.IO session: its sockets by namespace, and a binary packet being assembled.
     #[derive(Default)]
     struct Client {
-        sockets: Mutex<HashMap<String, Arc<Socket>>>,
+        sockets: Mutex<Fixed<Arc<Socket>>>,
         partial: Mutex<Option<(sio::Packet, Vec<Vec<u8>>)>>,
     }
 
@@ -3885,7 +3959,7 @@ mod hub {
     }
 
     pub struct Hub {
-        namespaces: HashMap<String, Arc<Namespace>>,
+        namespaces: Fixed<Arc<Namespace>>,
         cfg: Arc<Config>,
         timers: Arc<Timers>,
     }
