@@ -1,9 +1,40 @@
 """Turns bench/out/results.jsonl into the markdown table of README's performance section."""
 import json
+import math
 import statistics
 import sys
 
 PEERS = ["socketioxide", "socket.io", "flask-socketio"]
+
+
+def pairs(path, peer):
+    """`bench/run.sh` with PAIRS: the geometric mean of the same-pair ratios tinysio / peer, with
+    a 95 % interval (the log ratios' mean ± two standard errors). A pair with a failed side is
+    left out and counted."""
+    by_round = {}
+    for r in (json.loads(line) for line in open(path) if line.strip()):
+        by_round.setdefault(r["round"], {})[r["server"]] = r
+    sides = ("tinysio", peer)
+    ok = [p for p in by_round.values() if all(s in p and "error" not in p[s] for s in sides)]
+    first = ok[0]["tinysio"] if ok else {}
+    print(f"{first.get('scenario')} {first.get('transport')} {first.get('clients')} clients, "
+          f"tinysio / {peer}, {len(ok)} pairs ({len(by_round) - len(ok)} failed)")
+    if len(ok) < 2:
+        print("  an interval needs at least two pairs")
+        return
+    for metric in ("acks_per_s", "cpu_ms_per_1k", "p99_ms"):
+        logs = [math.log(p["tinysio"][metric] / p[peer][metric]) for p in ok]
+        mean, se = statistics.mean(logs), statistics.stdev(logs) / math.sqrt(len(logs))
+        lo, mid, hi = (math.exp(mean + k * se) for k in (-2, 0, 2))
+        medians = [statistics.median(p[s][metric] for p in ok) for s in sides]
+        print(f"  {metric:14} {mid:.3f}x  (95 % interval {lo:.3f}-{hi:.3f})  "
+              f"medians: tinysio {medians[0]:.2f}, {peer} {medians[1]:.2f}")
+
+
+if sys.argv[1] == "--pairs":
+    pairs(sys.argv[2], sys.argv[3])
+    sys.exit()
+
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 
 # A row that ran in several rounds shows each metric's median over the rounds that did not fail

@@ -5,13 +5,18 @@
 #   QUICK=1 bench/run.sh    a short smoke run (2 s echoes, small sizes)
 #   SERVERS="tinysio socketioxide" bench/run.sh    only these servers
 #   ROUNDS=5 bench/run.sh   rounds of the echo and connect rows (default 3; the table shows medians)
-# Writes bench/out/results.jsonl (one JSON line per measurement) and bench/out/table.md.
+#   PAIRS=24 SECS=5 bench/run.sh    one row in alternating pairs, for a row too close to call
+#                                   (ROW="echo websocket 100" and PEER=socketioxide by default)
+# Writes bench/out/results.jsonl (one JSON line per measurement) and bench/out/table.md, or
+# with PAIRS, bench/out/pairs.jsonl and the ratios' geometric mean with its 95 % interval.
 set -euo pipefail
 cd "$(dirname "$0")"
 root=$(cd .. && pwd)
 out=out
 mkdir -p "$out"
-: >"$out/results.jsonl"
+results=$out/results.jsonl
+[ -n "${PAIRS:-}" ] && results=$out/pairs.jsonl
+: >"$results"
 
 echo "== building and installing (release server, load generator, peers)"
 cargo build --release --locked --manifest-path "$root/Cargo.toml" -q
@@ -25,6 +30,7 @@ loadgen=loadgen/target/release/tinysio-loadgen
 
 if [ -n "${QUICK:-}" ]; then secs=2; echo_sizes="1 10"; bcast_sizes="100"; conn_sizes="1000"
 else secs=10; echo_sizes="1 10 100"; bcast_sizes="100 1000"; conn_sizes="1000 5000 10000"; fi
+secs=${SECS:-$secs}
 
 port=5200
 start() { # name → sets pid, addr
@@ -49,7 +55,7 @@ run() { # server scenario transport clients
   local line
   line=$(timeout 180 "$loadgen" --addr "$addr" --pid "$pid" --server "$1" --scenario "$2" --transport "$3" --clients "$4" --seconds "$secs") ||
     line="{\"server\":\"$1\",\"scenario\":\"$2\",\"transport\":\"$3\",\"clients\":$4,\"error\":\"timed out or failed\"}"
-  echo "${line%\}},\"round\":$round}" | tee -a "$out/results.jsonl"
+  echo "${line%\}},\"round\":$round}" | tee -a "$results"
 }
 
 # Side by side: each measurement runs on every server back to back, each on a fresh server, so
@@ -62,6 +68,27 @@ run() { # server scenario transport clients
 # stays in results.jsonl ("round"). Flask-SocketIO, far behind on every row, runs in the first
 # round only (its 10k connect alone takes two minutes); broadcast runs once (a run is 200 sends
 # to every member, each measured).
+# Pairs: one row, tinysio and one peer, each pair on fresh servers back to back, so both sides
+# of a pair see the VM at the same speed; the order flips every pair, so a steady drift favours
+# neither. The ratio of each pair is kept; report.py prints their geometric mean and a 95 %
+# interval (mean of the log ratios ± two standard errors): a precise answer for a row that the
+# rounds call a tie.
+if [ -n "${PAIRS:-}" ]; then
+  read -r scenario transport clients <<<"${ROW:-echo websocket 100}"
+  peer=${PEER:-socketioxide}
+  for round in $(seq "$PAIRS"); do
+    order="tinysio $peer"
+    [ $((round % 2)) = 1 ] && order="$peer tinysio"
+    for server in $order; do
+      start "$server"
+      run "$server" "$scenario" "$transport" "$clients"
+      stop
+    done
+  done
+  python3 report.py --pairs "$results" "$peer"
+  exit
+fi
+
 servers=${SERVERS:-tinysio socketioxide socket.io flask-socketio}
 rounds=${ROUNDS:-${QUICK:+1}}
 rounds=${rounds:-3}
