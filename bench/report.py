@@ -6,6 +6,27 @@ import sys
 
 PEERS = ["socketioxide", "socket.io", "flask-socketio"]
 
+# (label, scenario, transport, sizes, metric, unit, higher is better)
+TABLE = [
+    ("echo acks/s", "echo", "websocket", "acks_per_s", "", True),
+    ("echo server CPU ms / 1k acks", "echo", "websocket", "cpu_ms_per_1k", "", False),
+    ("echo p99 ms", "echo", "websocket", "p99_ms", "", False),
+    ("echo acks/s", "echo", "polling", "acks_per_s", "", True),
+    ("echo server CPU ms / 1k acks", "echo", "polling", "cpu_ms_per_1k", "", False),
+    ("echo acks/s", "echo", "sse", "acks_per_s", "", True),
+    ("broadcast p50 ms", "broadcast", "websocket", "p50_ms", "", False),
+    ("broadcast p99 ms", "broadcast", "websocket", "p99_ms", "", False),
+    ("broadcast p50 ms, vs peers that lost nothing", "broadcast", "websocket", "p50_ms", "lossless", False),
+    ("broadcast p99 ms, vs peers that lost nothing", "broadcast", "websocket", "p99_ms", "lossless", False),
+    ("broadcast deliveries/s", "broadcast", "websocket", "deliveries_per_s", "", True),
+    ("broadcast loss", "broadcast", "websocket", "loss", "", False),
+    ("broadcast members that failed to join", "broadcast", "websocket", "failures", "", False),
+    ("connect: clients held", "connect", "websocket", "connected", "", True),
+    ("connect: connects/s", "connect", "websocket", "connect_per_s", "", True),
+    ("connect: RSS KiB per client", "connect", "websocket", "rss_per_conn_kib", "", False),
+    ("connect: server threads (informational)", "connect", "websocket", "threads", "", None),
+]
+
 
 def pairs(path, peer):
     """`bench/run.sh` with PAIRS: the geometric mean of the same-pair ratios tinysio / peer, with
@@ -22,7 +43,11 @@ def pairs(path, peer):
     if len(ok) < 2:
         print("  an interval needs at least two pairs")
         return
-    for metric in ("acks_per_s", "cpu_ms_per_1k", "p99_ms"):
+    row = (first["scenario"], first["transport"])
+    metrics = dict.fromkeys(t[3] for t in TABLE if (t[1], t[2]) == row)  # the table's, in order
+    for metric in metrics:
+        if not all(p[s].get(metric) for p in ok for s in sides):
+            continue  # missing, or zero in some pair (a loss of 0): no ratio
         logs = [math.log(p["tinysio"][metric] / p[peer][metric]) for p in ok]
         mean, se = statistics.mean(logs), statistics.stdev(logs) / math.sqrt(len(logs))
         lo, mid, hi = (math.exp(mean + k * se) for k in (-2, 0, 2))
@@ -61,26 +86,6 @@ by = {key: median_of(rs) for key, rs in runs.items()}
 failed = {key: sum("error" in r for r in rs) for key, rs in runs.items()}
 rounds = max((len(rs) for rs in runs.values()), default=1)
 
-# (label, scenario, transport, sizes, metric, unit, higher is better)
-TABLE = [
-    ("echo acks/s", "echo", "websocket", "acks_per_s", "", True),
-    ("echo server CPU ms / 1k acks", "echo", "websocket", "cpu_ms_per_1k", "", False),
-    ("echo p99 ms", "echo", "websocket", "p99_ms", "", False),
-    ("echo acks/s", "echo", "polling", "acks_per_s", "", True),
-    ("echo server CPU ms / 1k acks", "echo", "polling", "cpu_ms_per_1k", "", False),
-    ("echo acks/s", "echo", "sse", "acks_per_s", "", True),
-    ("broadcast p50 ms", "broadcast", "websocket", "p50_ms", "", False),
-    ("broadcast p99 ms", "broadcast", "websocket", "p99_ms", "", False),
-    ("broadcast p50 ms, vs peers that lost nothing", "broadcast", "websocket", "p50_ms", "lossless", False),
-    ("broadcast p99 ms, vs peers that lost nothing", "broadcast", "websocket", "p99_ms", "lossless", False),
-    ("broadcast deliveries/s", "broadcast", "websocket", "deliveries_per_s", "", True),
-    ("broadcast loss", "broadcast", "websocket", "loss", "", False),
-    ("broadcast members that failed to join", "broadcast", "websocket", "failures", "", False),
-    ("connect: clients held", "connect", "websocket", "connected", "", True),
-    ("connect: connects/s", "connect", "websocket", "connect_per_s", "", True),
-    ("connect: RSS KiB per client", "connect", "websocket", "rss_per_conn_kib", "", False),
-    ("connect: server threads (informational)", "connect", "websocket", "threads", "", None),
-]
 
 
 def fmt(v):

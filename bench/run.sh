@@ -6,7 +6,8 @@
 #   SERVERS="tinysio socketioxide" bench/run.sh    only these servers
 #   ROUNDS=5 bench/run.sh   rounds of the echo and connect rows (default 3; the table shows medians)
 #   PAIRS=24 SECS=5 bench/run.sh    one row in alternating pairs, for a row too close to call
-#                                   (ROW="echo websocket 100" and PEER=socketioxide by default)
+#                                   (ROW="echo websocket 100" and PEER=socketioxide by default;
+#                                   ROW is "scenario transport clients", any scenario)
 # Writes bench/out/results.jsonl (one JSON line per measurement) and bench/out/table.md, or
 # with PAIRS, bench/out/pairs.jsonl and the ratios' geometric mean with its 95 % interval.
 set -euo pipefail
