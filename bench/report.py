@@ -28,10 +28,35 @@ TABLE = [
 ]
 
 
+def placement(run):
+    """Which pair of host cores a run had, from the load generator's probe before and after it
+    (`xcpu_ns`, one-way cache-line transfer between the two CPUs): "close" (all under 60 ns),
+    "distant" (all over 100 ns), or None (moved during the run, or not measured)."""
+    ns = run.get("xcpu_ns") or [None]
+    if all(v is not None and v < 60 for v in ns):
+        return "close"
+    if all(v is not None and v > 100 for v in ns):
+        return "distant"
+    return None
+
+
+def ratios(ok, peer, metrics, indent):
+    for metric in metrics:
+        if not all(p[s].get(metric) for p in ok for s in ("tinysio", peer)):
+            continue  # missing, or zero in some pair (a loss of 0): no ratio
+        logs = [math.log(p["tinysio"][metric] / p[peer][metric]) for p in ok]
+        mean, se = statistics.mean(logs), statistics.stdev(logs) / math.sqrt(len(logs))
+        lo, mid, hi = (math.exp(mean + k * se) for k in (-2, 0, 2))
+        medians = [statistics.median(p[s][metric] for p in ok) for s in ("tinysio", peer)]
+        print(f"{indent}{metric:14} {mid:.3f}x  (95 % interval {lo:.3f}-{hi:.3f})  "
+              f"medians: tinysio {medians[0]:.2f}, {peer} {medians[1]:.2f}")
+
+
 def pairs(path, peer):
     """`bench/run.sh` with PAIRS: the geometric mean of the same-pair ratios tinysio / peer, with
-    a 95 % interval (the log ratios' mean ± two standard errors). A pair with a failed side is
-    left out and counted."""
+    a 95 % interval (the log ratios' mean ± two standard errors), over all pairs and then over
+    the pairs whose two runs both had the close, or both the distant, pair of host cores. A
+    pair with a failed side is left out and counted."""
     by_round = {}
     for r in (json.loads(line) for line in open(path) if line.strip()):
         by_round.setdefault(r["round"], {})[r["server"]] = r
@@ -44,16 +69,13 @@ def pairs(path, peer):
         print("  an interval needs at least two pairs")
         return
     row = (first["scenario"], first["transport"])
-    metrics = dict.fromkeys(t[3] for t in TABLE if (t[1], t[2]) == row)  # the table's, in order
-    for metric in metrics:
-        if not all(p[s].get(metric) for p in ok for s in sides):
-            continue  # missing, or zero in some pair (a loss of 0): no ratio
-        logs = [math.log(p["tinysio"][metric] / p[peer][metric]) for p in ok]
-        mean, se = statistics.mean(logs), statistics.stdev(logs) / math.sqrt(len(logs))
-        lo, mid, hi = (math.exp(mean + k * se) for k in (-2, 0, 2))
-        medians = [statistics.median(p[s][metric] for p in ok) for s in sides]
-        print(f"  {metric:14} {mid:.3f}x  (95 % interval {lo:.3f}-{hi:.3f})  "
-              f"medians: tinysio {medians[0]:.2f}, {peer} {medians[1]:.2f}")
+    metrics = list(dict.fromkeys(t[3] for t in TABLE if (t[1], t[2]) == row))  # the table's
+    ratios(ok, peer, metrics, "  ")
+    for where in ("close", "distant"):
+        same = [p for p in ok if placement(p["tinysio"]) == placement(p[peer]) == where]
+        if len(same) >= 2:
+            print(f"  {len(same)} pairs with both runs on the {where} pair of host cores:")
+            ratios(same, peer, metrics, "    ")
 
 
 if sys.argv[1] == "--pairs":

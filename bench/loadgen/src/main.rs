@@ -554,8 +554,80 @@ async fn connect(a: &Args) -> Value {
     })
 }
 
+// ── Where the host put the VM's two vCPUs.
+
+/// One-way transfer of a cache line between the first two CPUs this process may use, in ns:
+/// two threads, pinned one to each, bounce a counter. The host moves this VM's two vCPUs
+/// between a close pair of cores (~28 ns) and a distant one (~160 ns), and a thread per
+/// connection pays for the distance on every wake-up it makes across them, so each run records
+/// which pair it had. None where there is one CPU or pinning fails.
+fn xcpu_ns() -> Option<f64> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const TRIPS: u64 = 200_000;
+    // SAFETY: cpu_set_t is plain data; the calls get its size and a pointer to it.
+    let cpus: Vec<usize> = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) != 0 {
+            return None;
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).take(2).collect()
+    };
+    let [a, b] = cpus[..] else { return None };
+    fn pin(cpu: usize) -> bool {
+        // SAFETY: as above; pid 0 is the calling thread.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) == 0
+        }
+    }
+    fn wait_for(line: &AtomicU64, v: u64) {
+        while line.load(Ordering::Acquire) != v {
+            std::hint::spin_loop();
+        }
+    }
+    // The near side pins itself before the far one starts, and the far side signals that it
+    // is pinned before either spins, so neither spins on a CPU its partner needs.
+    let near = std::thread::spawn(move || -> Option<f64> {
+        if !pin(a) {
+            return None;
+        }
+        let line = Arc::new(AtomicU64::new(0));
+        let far = {
+            let line = line.clone();
+            std::thread::spawn(move || {
+                if !pin(b) {
+                    return line.store(u64::MAX, Ordering::Release);
+                }
+                line.store(1, Ordering::Release);
+                for i in 0..TRIPS {
+                    wait_for(&line, 2 * i + 2);
+                    line.store(2 * i + 3, Ordering::Release);
+                }
+            })
+        };
+        while line.load(Ordering::Acquire) == 0 {
+            std::thread::yield_now();
+        }
+        if line.load(Ordering::Acquire) == u64::MAX {
+            let _ = far.join();
+            return None;
+        }
+        let start = Instant::now();
+        for i in 0..TRIPS {
+            line.store(2 * i + 2, Ordering::Release);
+            wait_for(&line, 2 * i + 3);
+        }
+        let ns = start.elapsed().as_nanos() as f64 / (2 * TRIPS) as f64;
+        let _ = far.join();
+        Some(ns)
+    });
+    near.join().ok().flatten()
+}
+
 fn main() {
     let a = args();
+    let xcpu_start = xcpu_ns();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let local = tokio::task::LocalSet::new();
     let mut result = local.block_on(&rt, async {
@@ -571,6 +643,9 @@ fn main() {
         for (k, v) in t.into_iter().rev() {
             r.shift_insert(0, k, v);
         }
+        // Before and after: the host can move the vCPUs during a run.
+        let round = |ns: Option<f64>| ns.map(|ns| (ns * 10.0).round() / 10.0);
+        r.insert("xcpu_ns".into(), json!([round(xcpu_start), round(xcpu_ns())]));
     }
     println!("{result}");
 }
