@@ -6,7 +6,8 @@ import sys
 
 PEERS = ["socketioxide", "socket.io", "flask-socketio"]
 
-# (label, scenario, transport, sizes, metric, unit, higher is better)
+# (label, scenario, transport, metric, only: "lossless" to compare with peers that lost nothing,
+#  higher is better: True, False, or None for informational rows)
 TABLE = [
     ("echo acks/s", "echo", "websocket", "acks_per_s", "", True),
     ("echo server CPU ms / 1k acks", "echo", "websocket", "cpu_ms_per_1k", "", False),
