@@ -1270,6 +1270,7 @@ mod http {
     //! The HTTP/1.1 front on `std::net`: request heads parsed by `httparse` (pure, fuzzable),
     //! bodies by Content-Length, responses written head and body in one write, query strings,
     //! CORS. Knows nothing of Engine.IO.
+    use std::borrow::Cow;
     use std::io::{self, Write};
     use std::net::TcpStream;
     use std::time::{Duration, Instant};
@@ -1529,13 +1530,15 @@ mod http {
         body_len: Option<usize>,
         keep_alive: bool,
     ) -> Vec<u8> {
+        // Written in place: a `format!` per line would leave its freed buffers in the
+        // connection thread's malloc cache for the connection's life.
         let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", reason(status)).as_bytes());
+        let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason(status));
         for (name, value) in headers {
-            out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+            let _ = write!(out, "{name}: {value}\r\n");
         }
         if let Some(len) = body_len {
-            out.extend_from_slice(format!("Content-Length: {len}\r\n").as_bytes());
+            let _ = write!(out, "Content-Length: {len}\r\n");
         }
         out.extend_from_slice(if keep_alive {
             b"Connection: keep-alive\r\n\r\n"
@@ -1561,12 +1564,16 @@ mod http {
     pub fn query_param(query: &str, name: &str) -> Option<String> {
         query.split('&').find_map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k) == name).then(|| percent_decode(v))
+            (percent_decode(k) == name).then(|| percent_decode(v).into_owned())
         })
     }
 
-    pub fn percent_decode(s: &str) -> String {
+    /// Borrows when there is nothing to decode, so matching a query's keys allocates nothing.
+    pub fn percent_decode(s: &str) -> Cow<'_, str> {
         let b = s.as_bytes();
+        if !b.iter().any(|&c| c == b'%' || c == b'+') {
+            return Cow::Borrowed(s);
+        }
         let mut out = Vec::with_capacity(b.len());
         let mut i = 0;
         while i < b.len() {
@@ -1584,7 +1591,7 @@ mod http {
             }
             i += 1;
         }
-        String::from_utf8_lossy(&out).into_owned()
+        Cow::Owned(String::from_utf8_lossy(&out).into_owned())
     }
 
     fn hex(c: u8) -> Option<u8> {
@@ -2738,12 +2745,15 @@ mod engine {
             } else {
                 "[\"websocket\"]"
             };
-            Out::text(&format!(
-                "0{{\"sid\":\"{sid}\",\"upgrades\":{upgrades},\"pingInterval\":{},\"pingTimeout\":{},\"maxPayload\":{}}}",
-                self.cfg.ping_interval.as_millis(),
-                self.cfg.ping_timeout.as_millis(),
-                self.cfg.max_payload
-            ))
+            Out::text_with(|b| {
+                let _ = write!(
+                    b,
+                    "0{{\"sid\":\"{sid}\",\"upgrades\":{upgrades},\"pingInterval\":{},\"pingTimeout\":{},\"maxPayload\":{}}}",
+                    self.cfg.ping_interval.as_millis(),
+                    self.cfg.ping_timeout.as_millis(),
+                    self.cfg.max_payload
+                );
+            })
         }
 
         /// The session cookie: the request's if it carries a valid one, else a new one (and
@@ -3050,8 +3060,10 @@ mod engine {
                 return Next::Close;
             }
             c.read_timeout.set(c.tcp, None);
+            // tungstenite keeps (and zero-fills) this much per connection; a longer message
+            // grows it and takes a `recv` per KiB.
             let ws_cfg = WebSocketConfig::default()
-                .read_buffer_size(2048)
+                .read_buffer_size(1024)
                 .write_buffer_size(0)
                 .max_message_size(Some(self.cfg.max_payload))
                 .max_frame_size(Some(self.cfg.max_payload));
