@@ -168,6 +168,11 @@ mod config {
             "batch",
             "scheduling of connection threads: batch (a woken thread waits for the running one to block: fewer switches) or normal",
         ),
+        (
+            "spin-us",
+            "30",
+            "µs a WebSocket's thread polls its socket before it blocks, while WebSocket connections are fewer than CPUs (0: never)",
+        ),
     ];
     /// Boolean flags: present or absent.
     pub const SWITCHES: &[(&str, &str)] = &[
@@ -208,6 +213,8 @@ mod config {
         pub thread_stack: usize,
         /// Connection threads run under SCHED_BATCH (`--thread-policy batch`).
         pub batch_threads: bool,
+        /// How long an idle WebSocket thread polls before it blocks (`--spin-us`).
+        pub spin: Duration,
         pub conformance: bool,
     }
 
@@ -336,6 +343,7 @@ mod config {
                 "normal" => false,
                 other => return Err(format!("--thread-policy: '{other}' is not batch or normal")),
             },
+            spin: num("spin-us").map(Duration::from_micros)?,
             conformance,
         };
         if conformance {
@@ -2337,10 +2345,68 @@ mod engine {
     struct WsIo {
         tcp: Arc<TcpStream>,
         conn: Arc<WsConn>,
+        /// `--spin-us`; zero turns polling off.
+        spin: Duration,
+        /// The last message came within twice the spin, so the next one may too.
+        warm: bool,
     }
     impl Read for WsIo {
+        /// With a CPU to spare, a thread that was just woken polls before it blocks again: a
+        /// message that arrives meanwhile is read without the wake-up of an idle vCPU, which
+        /// is most of a lone client's round trip on a VM (README, performance).
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            (&*self.tcp).read(buf)
+            if self.spin.is_zero() || LIVE_WS.load(Ordering::Relaxed) >= cpus() {
+                return (&*self.tcp).read(buf);
+            }
+            if self.warm {
+                if let Some(n) = poll_recv(&self.tcp, buf, self.spin)? {
+                    return Ok(n);
+                }
+            }
+            let waited = Instant::now();
+            let n = (&*self.tcp).read(buf)?;
+            self.warm = waited.elapsed() < self.spin * 2;
+            Ok(n)
+        }
+    }
+
+    /// WebSocket connections being read now. While they are fewer than the CPUs, a thread
+    /// that polls takes a CPU nobody else wants; past that it would take one from a peer.
+    static LIVE_WS: AtomicUsize = AtomicUsize::new(0);
+
+    fn cpus() -> usize {
+        static CPUS: OnceLock<usize> = OnceLock::new();
+        *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// Reads what is already there without blocking, yielding the CPU between tries, for up
+    /// to `budget`; `None` when nothing came.
+    fn poll_recv(tcp: &TcpStream, buf: &mut [u8], budget: Duration) -> io::Result<Option<usize>> {
+        let until = Instant::now() + budget;
+        loop {
+            // SAFETY: recv writes at most `buf.len()` bytes into `buf`.
+            let n = unsafe {
+                libc::recv(
+                    tcp.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                return Ok(Some(n as usize));
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => {}
+                io::ErrorKind::Interrupted => continue,
+                _ => return Err(e),
+            }
+            if Instant::now() >= until {
+                return Ok(None);
+            }
+            // SAFETY: no arguments; gives the CPU to whatever else is runnable.
+            unsafe { libc::sched_yield() };
         }
     }
     impl Write for WsIo {
@@ -2601,6 +2667,14 @@ mod engine {
         /// Reads frames until the session or the socket ends. Boxed, and used in place: the
         /// WebSocket state moved onto the stack would deepen every connection's stack.
         pub fn run(mut self: Box<Self>) {
+            struct Live;
+            impl Drop for Live {
+                fn drop(&mut self) {
+                    LIVE_WS.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            LIVE_WS.fetch_add(1, Ordering::Relaxed);
+            let _live = Live;
             let up = &mut *self;
             up.engine.read_frames(&up.s, &mut up.ws, &up.conn);
         }
@@ -3070,6 +3144,8 @@ mod engine {
             let io = WsIo {
                 tcp: c.tcp.clone(),
                 conn: conn.clone(),
+                spin: self.cfg.spin,
+                warm: false,
             };
             // A copy sized to what is left (usually nothing): the request buffer itself is
             // 4 KiB and tungstenite would keep it as its read buffer.
@@ -3387,6 +3463,24 @@ mod engine {
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        #[test]
+        fn polling_reads_what_is_there_gives_up_when_nothing_comes_and_sees_the_end() {
+            use std::net::{TcpListener, TcpStream};
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 16];
+            let budget = Duration::from_micros(50);
+            assert_eq!(poll_recv(&server, &mut buf, budget).unwrap(), None);
+            // A long budget: it returns as soon as the bytes (or the end) are there.
+            let patience = Duration::from_secs(10);
+            client.write_all(b"42").unwrap();
+            assert_eq!(poll_recv(&server, &mut buf, patience).unwrap(), Some(2));
+            assert_eq!(&buf[..2], b"42");
+            drop(client);
+            assert_eq!(poll_recv(&server, &mut buf, patience).unwrap(), Some(0));
+        }
 
         #[test]
         fn a_long_burst_under_the_cork_goes_out_in_batches_not_against_the_queue_bound() {
