@@ -257,8 +257,10 @@ fn second_pending_get_closes_session() {
     let (status, body) = s.get();
     first.set_read_timeout(Some(PATIENCE)).unwrap();
     let r = read_response(&mut first);
-    let first = (r.status, String::from_utf8_lossy(&r.body).into_owned());
-    let mut outcomes = [first, (status, body)];
+    let mut outcomes = [
+        (r.status, String::from_utf8_lossy(&r.body).into_owned()),
+        (status, body),
+    ];
     outcomes.sort();
     assert_eq!(
         outcomes,
