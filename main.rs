@@ -1741,6 +1741,15 @@ mod http {
     }
 }
 
+/// Takes one off a counter when dropped: what it counts (an open connection, a WebSocket
+/// being read) stays counted for as long as it lives, however its thread leaves.
+struct Slot<'a>(&'a std::sync::atomic::AtomicUsize);
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Locks a mutex, ignoring poisoning: a handler that panicked must not take every other
 /// session down with it (the state it guards stays consistent between statements).
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -2667,14 +2676,8 @@ mod engine {
         /// Reads frames until the session or the socket ends. Boxed, and used in place: the
         /// WebSocket state moved onto the stack would deepen every connection's stack.
         pub fn run(mut self: Box<Self>) {
-            struct Live;
-            impl Drop for Live {
-                fn drop(&mut self) {
-                    LIVE_WS.fetch_sub(1, Ordering::Relaxed);
-                }
-            }
-            LIVE_WS.fetch_add(1, Ordering::Relaxed);
-            let _live = Live;
+            LIVE_WS.fetch_add(1, Ordering::AcqRel);
+            let _live = crate::Slot(&LIVE_WS);
             let up = &mut *self;
             up.engine.read_frames(&up.s, &mut up.ws, &up.conn);
         }
@@ -4720,7 +4723,7 @@ mod server {
     use crate::engine::{Conn, Engine, Next, Timers, Upgraded};
     use crate::http::{self, HttpError, Limits};
     use crate::hub::Hub;
-    use crate::{app, log, ERROR, INFO, WARN};
+    use crate::{app, log, Slot, ERROR, INFO, WARN};
     use std::io::{self, Write};
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -4736,14 +4739,6 @@ mod server {
         limits: Limits,
         open: AtomicUsize,
         stopping: AtomicBool,
-    }
-
-    /// Counts an open connection for as long as it lives.
-    struct Slot<'a>(&'a AtomicUsize);
-    impl Drop for Slot<'_> {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::AcqRel);
-        }
     }
 
     impl Server {
