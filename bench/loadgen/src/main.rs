@@ -407,6 +407,7 @@ async fn broadcast(a: &Args) -> Value {
         let done_by = done_by.clone();
         tokio::task::spawn_local(async move {
             let mut lat = Vec::with_capacity(SENDS);
+            let mut last = 0;
             let mut ended = None;
             while lat.len() < SENDS {
                 let left = done_by.lock().unwrap().saturating_duration_since(Instant::now());
@@ -423,14 +424,15 @@ async fn broadcast(a: &Args) -> Value {
                     if let Some(at) = p.find("\"text\":\"") {
                         let rest = &p[at + 8..];
                         let sent: u64 = rest.split(':').nth(1).and_then(|v| v.split('"').next()).and_then(|v| v.parse().ok()).unwrap_or(0);
-                        lat.push(micros_since(base).saturating_sub(sent));
+                        last = micros_since(base);
+                        lat.push(last.saturating_sub(sent));
                     }
                 }
             }
             // The member stays connected until every member is done: a member that left
             // now would run the server's disconnect handlers (tinysio's app announces the
             // room's new member list) inside the measured window, for the others.
-            (lat, ended, s)
+            (lat, last, ended, s)
         })
     };
     let mut readers = Vec::new();
@@ -469,7 +471,9 @@ async fn broadcast(a: &Args) -> Value {
     // The sender's own copies are read (and dropped) so its socket never backs up.
     let (tx, mut stop) = tokio::sync::oneshot::channel::<()>();
     let (cpu0, _, _) = proc_stat(a.pid);
-    let start = Instant::now();
+    // The window runs from the first chat (the interval's first tick is immediate) to the
+    // last delivery, so deliveries/s is the server's: the harness's own waits stay out of it.
+    let first_sent = micros_since(base);
     let sending = tokio::task::spawn_local(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         for seq in 0..SENDS {
@@ -493,16 +497,18 @@ async fn broadcast(a: &Args) -> Value {
     let mut lat = Vec::with_capacity(expected);
     let (mut reader_errors, mut first_error) = (0, None);
     let mut members = Vec::with_capacity(readers.len());
+    let mut last_delivery = first_sent;
     for r in readers {
-        let Ok((got, ended, s)) = r.await else { continue };
+        let Ok((got, last, ended, s)) = r.await else { continue };
         lat.extend(got);
+        last_delivery = last_delivery.max(last);
         members.push(s);
         if let Some(e) = ended {
             reader_errors += 1;
             first_error.get_or_insert(e);
         }
     }
-    let elapsed = start.elapsed().as_secs_f64();
+    let elapsed = (last_delivery - first_sent).max(1) as f64 / 1e6;
     let _ = tx.send(());
     let _ = sending.await;
     let (cpu1, rss, threads) = proc_stat(a.pid);
