@@ -110,7 +110,6 @@ failed = {key: sum("error" in r for r in rs) for key, rs in runs.items()}
 rounds = max((len(rs) for rs in runs.values()), default=1)
 
 
-
 def fmt(v):
     if v is None:
         return "–"

@@ -471,8 +471,9 @@ async fn broadcast(a: &Args) -> Value {
     // The sender's own copies are read (and dropped) so its socket never backs up.
     let (tx, mut stop) = tokio::sync::oneshot::channel::<()>();
     let (cpu0, _, _) = proc_stat(a.pid);
-    // The window runs from the first chat (the interval's first tick is immediate) to the
-    // last delivery, so deliveries/s is the server's: the harness's own waits stay out of it.
+    // The window runs from here, just before the first chat (the interval's first tick is
+    // immediate), to the last delivery, so deliveries/s is the server's: the harness's own
+    // waits after the last chat stay out of it.
     let first_sent = micros_since(base);
     let sending = tokio::task::spawn_local(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
