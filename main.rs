@@ -1486,19 +1486,26 @@ mod http {
     /// `recv(2)` with `flags` into the buffer's own spare room: a stack array here would stay
     /// resident for the life of every connection thread (a page each, measured).
     fn read_more(stream: &TcpStream, buf: &mut Vec<u8>, flags: libc::c_int) -> io::Result<usize> {
-        use std::os::fd::AsRawFd;
         let len = buf.len();
         buf.resize(len + 4096, 0);
-        // SAFETY: the pointer and length name the 4096 bytes just added to `buf`.
+        let n = recv(stream, &mut buf[len..], flags);
+        buf.truncate(len + n.as_ref().map_or(0, |&n| n));
+        n
+    }
+
+    /// `recv(2)` with `flags` (`MSG_DONTWAIT`, `MSG_PEEK`), which `Read` cannot pass.
+    pub fn recv(stream: &TcpStream, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: recv writes at most `buf.len()` bytes into `buf`; the fd belongs to the
+        // live TcpStream.
         let n = unsafe {
             libc::recv(
                 stream.as_raw_fd(),
-                buf[len..].as_mut_ptr().cast(),
-                4096,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
                 flags,
             )
         };
-        buf.truncate(len + n.max(0) as usize);
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -2393,23 +2400,11 @@ mod engine {
     fn poll_recv(tcp: &TcpStream, buf: &mut [u8], budget: Duration) -> io::Result<Option<usize>> {
         let until = Instant::now() + budget;
         loop {
-            // SAFETY: recv writes at most `buf.len()` bytes into `buf`.
-            let n = unsafe {
-                libc::recv(
-                    tcp.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n >= 0 {
-                return Ok(Some(n as usize));
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::WouldBlock => {}
-                io::ErrorKind::Interrupted => continue,
-                _ => return Err(e),
+            match http::recv(tcp, buf, libc::MSG_DONTWAIT) {
+                Ok(n) => return Ok(Some(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
             }
             if Instant::now() >= until {
                 return Ok(None);
@@ -3446,20 +3441,9 @@ mod engine {
 
     /// True when the peer has closed its side (EOF or error) — checked without reading data.
     fn peer_gone(tcp: &TcpStream) -> bool {
-        let mut byte = [0u8; 1];
-        // SAFETY: a one-byte buffer on the stack; the fd belongs to the live TcpStream.
-        let n = unsafe {
-            libc::recv(
-                tcp.as_raw_fd(),
-                byte.as_mut_ptr().cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        match n {
-            0 => true,
-            n if n > 0 => false,
-            _ => io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock,
+        match http::recv(tcp, &mut [0u8; 1], libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+            Ok(n) => n == 0,
+            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
         }
     }
 
