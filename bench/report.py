@@ -65,7 +65,8 @@ def pairs(path, peer):
     ok = [p for p in by_round.values() if all(s in p and "error" not in p[s] for s in sides)]
     first = ok[0]["tinysio"] if ok else {}
     print(f"{first.get('scenario')} {first.get('transport')} {first.get('clients')} clients, "
-          f"tinysio / {peer}, {len(ok)} pairs ({len(by_round) - len(ok)} failed)")
+          f"tinysio / {peer}, {len(ok)} pairs ({len(by_round) - len(ok)} failed)"
+          f"{', generator on CPU 0 and server on the others (PIN)' if first.get('pinned') else ''}")
     if len(ok) < 2:
         print("  an interval needs at least two pairs")
         return
@@ -120,7 +121,10 @@ def fmt(v):
     return f"{v:,}"
 
 
-print("Load generator and server share the machine's 2 cores (the generator runs on one thread);")
+if any(r.get("pinned") for r in rows):
+    print("Load generator on CPU 0 and each server on the other CPUs (PIN=1; the generator runs on one thread);")
+else:
+    print("Load generator and server share the machine's 2 cores (the generator runs on one thread);")
 print("all servers on 127.0.0.1, same generator, same handlers, same run. Ratio: tinysio ÷ best peer")
 print("(best = highest where more is better, lowest where less is better); ✓ where tinysio leads or ties.")
 if rounds > 1:

@@ -8,6 +8,8 @@
 #   PAIRS=24 SECS=5 bench/run.sh    one row in alternating pairs, for a row too close to call
 #                                   (ROW="echo websocket 100" and PEER=socketioxide by default;
 #                                   ROW is "scenario transport clients", any scenario)
+#   PIN=1 bench/run.sh      the load generator on CPU 0 and every server on the other CPUs
+#                           (taskset), for any of the above; by default they share all CPUs
 # Writes bench/out/results.jsonl (one JSON line per measurement) and bench/out/table.md, or
 # with PAIRS, bench/out/pairs.jsonl and the ratios' geometric mean with its 95 % interval.
 set -euo pipefail
@@ -33,14 +35,23 @@ if [ -n "${QUICK:-}" ]; then secs=2; echo_sizes="1 10"; bcast_sizes="100"; conn_
 else secs=10; echo_sizes="1 10 100"; bcast_sizes="100 1000"; conn_sizes="1000 5000 10000"; fi
 secs=${SECS:-$secs}
 
+# PIN: the same split for every server, so a row can be read without the kernel placing a
+# server's threads on the generator's CPU (README, performance: the two p99 rows).
+server_cpus=() generator_cpus=()
+if [ -n "${PIN:-}" ]; then
+  cpus=$(nproc)
+  [ "$cpus" -ge 2 ] || { echo "PIN needs 2 CPUs or more"; exit 1; }
+  generator_cpus=(taskset -c 0) server_cpus=(taskset -c "1-$((cpus - 1))")
+fi
+
 port=5200
 start() { # name → sets pid, addr
   port=$((port + 1))
   case $1 in
-    tinysio) "$root/target/release/tinysio" --port $port --log-level warn 2>"$out/$1.log" & ;;
-    socketioxide) peers/socketioxide/target/release/socketioxide-peer $port >"$out/$1.log" 2>&1 & ;;
-    socket.io) node peers/node-server.mjs $port >"$out/$1.log" 2>&1 & ;;
-    flask-socketio) "$root/.venv/bin/python" peers/flask_server.py $port >"$out/$1.log" 2>&1 & ;;
+    tinysio) "${server_cpus[@]}" "$root/target/release/tinysio" --port $port --log-level warn 2>"$out/$1.log" & ;;
+    socketioxide) "${server_cpus[@]}" peers/socketioxide/target/release/socketioxide-peer $port >"$out/$1.log" 2>&1 & ;;
+    socket.io) "${server_cpus[@]}" node peers/node-server.mjs $port >"$out/$1.log" 2>&1 & ;;
+    flask-socketio) "${server_cpus[@]}" "$root/.venv/bin/python" peers/flask_server.py $port >"$out/$1.log" 2>&1 & ;;
   esac
   pid=$!
   addr=127.0.0.1:$port
@@ -54,9 +65,9 @@ stop() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; }
 round=1
 run() { # server scenario transport clients
   local line
-  line=$(timeout 180 "$loadgen" --addr "$addr" --pid "$pid" --server "$1" --scenario "$2" --transport "$3" --clients "$4" --seconds "$secs") ||
+  line=$(timeout 180 "${generator_cpus[@]}" "$loadgen" --addr "$addr" --pid "$pid" --server "$1" --scenario "$2" --transport "$3" --clients "$4" --seconds "$secs") ||
     line="{\"server\":\"$1\",\"scenario\":\"$2\",\"transport\":\"$3\",\"clients\":$4,\"error\":\"timed out or failed\"}"
-  echo "${line%\}},\"round\":$round}" | tee -a "$results"
+  echo "${line%\}},\"round\":$round${PIN:+,\"pinned\":true}}" | tee -a "$results"
 }
 
 # Side by side: each measurement runs on every server back to back, each on a fresh server, so
