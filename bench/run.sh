@@ -36,7 +36,8 @@ else secs=10; echo_sizes="1 10 100"; bcast_sizes="100 1000"; conn_sizes="1000 50
 secs=${SECS:-$secs}
 
 # PIN: the same split for every server, so a row can be read without the kernel placing a
-# server's threads on the generator's CPU (README, performance: the two p99 rows).
+# server's threads on the generator's CPU (README, performance: the two p99 rows). The
+# generator's core-pair probe then has one CPU and records null (no placement split).
 server_cpus=() generator_cpus=()
 if [ -n "${PIN:-}" ]; then
   cpus=$(nproc)
