@@ -352,6 +352,9 @@ mod config {
             cfg.ping_timeout = Duration::from_millis(200);
             cfg.max_payload = 1_000_000;
             cfg.allowed_origins = vec!["*".into()];
+            // The suites race two connections and expect them served in the order sent, as
+            // one event loop would; a batch thread woken on the client's CPU waits behind it.
+            cfg.batch_threads = false;
         }
         if cfg.ping_interval.is_zero() || cfg.ping_timeout.is_zero() {
             return Err("--ping-interval and --ping-timeout must be above 0".into());
@@ -438,6 +441,7 @@ mod config {
             assert_eq!(c.ping_interval, Duration::from_millis(300));
             assert_eq!(c.ping_timeout, Duration::from_millis(200));
             assert_eq!(c.allowed_origins, vec!["*".to_string()]);
+            assert!(!c.batch_threads);
         }
     }
 }
@@ -2365,12 +2369,26 @@ mod engine {
         spin: Duration,
         /// The last message came within twice the spin, so the next one may too.
         warm: bool,
+        /// Probed, not yet upgraded: the old transport's noop goes once this WebSocket has
+        /// nothing more to read, so a `5` that came with the `2probe` is handled first.
+        release_poll: Option<Arc<Session>>,
     }
     impl Read for WsIo {
         /// With a CPU to spare, a thread that was just woken polls before it blocks again: a
         /// message that arrives meanwhile is read without the wake-up of an idle vCPU, which
         /// is most of a lone client's round trip on a VM (README, performance).
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if let Some(s) = self.release_poll.take() {
+                match http::recv(&self.tcp, buf, libc::MSG_DONTWAIT) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        s.send_all(&[shared(&NOOP, "6")]);
+                    }
+                    other => {
+                        self.release_poll = Some(s);
+                        return other;
+                    }
+                }
+            }
             if self.spin.is_zero() || LIVE_WS.load(Ordering::Relaxed) >= cpus() {
                 return (&*self.tcp).read(buf);
             }
@@ -2520,6 +2538,8 @@ mod engine {
     fn shared(cell: &'static OnceLock<Arc<Out>>, text: &str) -> Arc<Out> {
         cell.get_or_init(|| Out::text(text)).clone()
     }
+    /// The close reason of a session whose client sent the close packet.
+    const CLIENT_CLOSE: &str = "client close";
     static PING: OnceLock<Arc<Out>> = OnceLock::new();
     static NOOP: OnceLock<Arc<Out>> = OnceLock::new();
     static CLOSE: OnceLock<Arc<Out>> = OnceLock::new();
@@ -2981,7 +3001,7 @@ mod engine {
                     Ok(())
                 }
                 Packet::Close => {
-                    self.close(s, "client close");
+                    self.close(s, CLIENT_CLOSE);
                     Ok(())
                 }
                 // EIO4: pings go server to client only; open/upgrade/noop are the server's.
@@ -3023,17 +3043,26 @@ mod engine {
                 }
             }
             st.poll_waiting = false;
-            let mut packets = st.take_deliverable();
-            if st.closed.is_some() {
-                packets.push(shared(&CLOSE, "1"));
-            } else if packets.is_empty() {
-                packets.push(shared(&NOOP, "6")); // upgraded meanwhile: release the poller
-            }
-            drop(st);
             if gone {
+                drop(st);
                 self.close(s, "transport close (pending GET dropped)");
                 return Next::Close;
             }
+            if st.closed.is_none() && !st.has_deliverable() {
+                // The upgrade finished while this GET waited, and no noop was owed to it (a
+                // client sends `5` only once its GET got that noop): as after the upgrade, 400.
+                drop(st);
+                return self.error(c, cors, 3, keep_alive);
+            }
+            let mut packets = st.take_deliverable();
+            if st.closed.as_deref() == Some(CLIENT_CLOSE) {
+                // The client closed on another request; this GET only needs releasing (the
+                // reference server answers it with a noop too).
+                packets.push(shared(&NOOP, "6"));
+            } else if st.closed.is_some() {
+                packets.push(shared(&CLOSE, "1"));
+            }
+            drop(st);
             let mut headers = cors.to_vec();
             headers.push(("Content-Type", "text/plain; charset=UTF-8"));
             match http::respond(
@@ -3093,14 +3122,30 @@ mod engine {
                 return self.error(c, cors, 3, false);
             };
             let conn = WsConn::new(c.tcp.clone(), &self.cfg);
+            // A session that already has a WebSocket (or is probing one) gets no second: as
+            // the reference server does, the handshake completes and the new one is closed.
+            let mut refused = false;
             if let Some(s) = &upgrade {
                 let mut st = lock(&s.state);
-                if st.upgrading || st.transport == Transport::WebSocket || st.closed.is_some() {
-                    drop(st);
-                    return self.error(c, cors, 3, false);
+                // A probe under way settles first (within the header timeout): what its
+                // client sent before this request is answered before this one is refused.
+                let until = Instant::now() + self.cfg.header_timeout;
+                if st.upgrading {
+                    log!(DEBUG, "{} a second websocket waits for the probe", s.sid);
                 }
-                st.upgrading = true;
-                st.ws = Some(conn.clone());
+                while st.upgrading && st.closed.is_none() {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    st = s.wait(st, left).0;
+                }
+                if st.upgrading || st.transport == Transport::WebSocket || st.closed.is_some() {
+                    refused = true;
+                } else {
+                    st.upgrading = true;
+                    st.ws = Some(conn.clone());
+                }
             }
             let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
             let mut headers = vec![
@@ -3123,6 +3168,12 @@ mod engine {
             // A new session's open packet leaves in the same segment as the 101.
             conn.cork();
             let _ = conn.send(Chunk::Raw(head.into()));
+            if refused {
+                conn.close(Some(&close_frame(1008, "session has a websocket")));
+                let sid = upgrade.as_ref().map_or("", |s| s.sid.as_str());
+                log!(DEBUG, "{sid} has a websocket: a second one is closed");
+                return Next::Close;
+            }
             if upgrade.is_some() && conn.uncork().is_err() {
                 if let Some(s) = &upgrade {
                     let mut st = lock(&s.state);
@@ -3144,6 +3195,7 @@ mod engine {
                 conn: conn.clone(),
                 spin: self.cfg.spin,
                 warm: false,
+                release_poll: None,
             };
             // A copy sized to what is left (usually nothing): the request buffer itself is
             // 4 KiB and tungstenite would keep it as its read buffer.
@@ -3210,10 +3262,12 @@ mod engine {
                         if conn.send(Chunk::Out(Out::text("3probe"))).is_err() {
                             return abort("could not answer the probe");
                         }
-                        // Release the pending GET (or tell the SSE stream) so the client can pause it.
-                        s.send_all(&[shared(&NOOP, "6")]);
+                        // Release the pending GET (or tell the SSE stream) so the client can
+                        // pause it, once what came with the probe is read (`WsIo::read`).
+                        ws.get_mut().release_poll = Some(s.clone());
                     }
                     "5" => {
+                        ws.get_mut().release_poll = None;
                         let mut st = lock(&s.state);
                         if st.closed.is_some() || !st.upgrading {
                             return false;

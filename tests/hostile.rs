@@ -77,17 +77,6 @@ fn close_code(tcp: &mut TcpStream) -> Option<u16> {
     None
 }
 
-fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![first, 0x80 | payload.len() as u8, 1, 2, 3, 4];
-    f.extend(
-        payload
-            .iter()
-            .enumerate()
-            .map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]),
-    );
-    f
-}
-
 /// After everything: a normal client connects to /movies, names itself, joins and chats.
 fn normal_client_chats(server: &Server) {
     let mut ws = ws_connect(&server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).unwrap();

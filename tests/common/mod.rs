@@ -350,6 +350,18 @@ pub fn ws_until(ws: &mut Ws, pred: impl Fn(&str) -> bool) -> String {
     }
 }
 
+/// A client's WebSocket frame (masked), `first` being the FIN/opcode byte; payload under 126 bytes.
+pub fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![first, 0x80 | payload.len() as u8, 1, 2, 3, 4];
+    f.extend(
+        payload
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]),
+    );
+    f
+}
+
 pub fn ws_send(ws: &mut Ws, text: &str) {
     ws.send(Message::text(text)).unwrap();
 }
