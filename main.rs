@@ -134,6 +134,11 @@ mod config {
             "namespaces one Engine.IO session may join",
         ),
         (
+            "max-pending-acks",
+            "256",
+            "acks the server awaits from one socket at once; past it an emit with ack fails at once",
+        ),
+        (
             "max-attachments",
             "64",
             "binary attachments in one Socket.IO packet",
@@ -203,6 +208,7 @@ mod config {
         pub socket_send_buffer: usize,
         pub max_writers: usize,
         pub max_namespaces: usize,
+        pub max_pending_acks: usize,
         pub max_users: usize,
         pub user_ttl: Duration,
         pub max_attachments: usize,
@@ -330,6 +336,7 @@ mod config {
             socket_send_buffer: size("socket-send-buffer")?,
             max_writers: size("max-writers")?,
             max_namespaces: size("max-namespaces")?,
+            max_pending_acks: size("max-pending-acks")?,
             max_users: size("max-users")?,
             user_ttl: num("user-ttl").map(Duration::from_secs)?,
             max_attachments: size("max-attachments")?,
@@ -3832,6 +3839,8 @@ mod hub {
     pub enum AckError {
         Timeout,
         Disconnected,
+        /// `--max-pending-acks` of this socket's acks were still awaited: nothing was sent.
+        TooMany,
     }
 
     /// A namespace: its handlers (fixed before the server starts, so none is missing when a
@@ -3993,6 +4002,8 @@ mod hub {
         rooms: Mutex<Vec<String>>,
         acks: Mutex<HashMap<u64, AckFn>>,
         next_ack: AtomicU64,
+        /// `--max-pending-acks`.
+        max_acks: usize,
         timers: Arc<Timers>,
     }
 
@@ -4016,7 +4027,13 @@ mod hub {
             done: impl FnOnce(Result<Args, AckError>) + Send + 'static,
         ) {
             let id = self.next_ack.fetch_add(1, Ordering::Relaxed);
-            lock(&self.acks).insert(id, Box::new(done));
+            let mut acks = lock(&self.acks);
+            if acks.len() >= self.max_acks {
+                drop(acks);
+                return done(Err(AckError::TooMany));
+            }
+            acks.insert(id, Box::new(done));
+            drop(acks);
             let me = Arc::downgrade(self);
             self.timers.after(timeout, move || {
                 let Some(me) = me.upgrade() else { return };
@@ -4174,7 +4191,9 @@ mod hub {
                 auth,
                 rooms: Mutex::default(),
                 acks: Mutex::default(),
-                next_ack: AtomicU64::new(0),
+                // Ids count from 1, as the official suite expects of a first ack.
+                next_ack: AtomicU64::new(1),
+                max_acks: self.cfg.max_pending_acks,
                 timers: self.timers.clone(),
             });
             sockets.insert(p.nsp.clone(), sock.clone());
@@ -4404,8 +4423,12 @@ mod app {
         }
     }
 
+    /// How long `/`'s `emit-with-ack` waits for the client's ack.
+    const ECHO_ACK_WAIT: Duration = Duration::from_secs(30);
+
     /// `/`: `auth` on connect; `message` → `message-back`; `message-with-ack` acked with its
-    /// arguments. Test aids beyond §4: `server-ack` asks the client for an ack
+    /// arguments. Test aids beyond §4: `emit-with-ack` asks for an ack and emits what it
+    /// carried (the official suite's), `server-ack` asks the client for an ack
     /// (`[timeout_ms, ...args]`, the outcome comes back as `server-ack-result`),
     /// `disconnect-me` makes the server disconnect the socket, and `broadcast` sends its
     /// arguments to every other socket of `/`.
@@ -4440,10 +4463,10 @@ mod app {
                         me.emit("server-ack-result", &answer);
                     }
                     Err(e) => {
-                        let error = if e == AckError::Timeout {
-                            "timeout"
-                        } else {
-                            "disconnected"
+                        let error = match e {
+                            AckError::Timeout => "timeout",
+                            AckError::Disconnected => "disconnected",
+                            AckError::TooMany => "too many pending acks",
                         };
                         me.emit(
                             "server-ack-result",
@@ -4452,6 +4475,16 @@ mod app {
                     }
                 },
             );
+        });
+        // The official suite's: emits its arguments back asking for an ack, then emits what the
+        // ack carried (text or binary alike).
+        nsp.on("emit-with-ack", |sock, args, _| {
+            let me = sock.clone();
+            sock.emit_with_ack("emit-with-ack", &args, ECHO_ACK_WAIT, move |result| {
+                if let Ok(answer) = result {
+                    me.emit("emit-with-ack", &answer);
+                }
+            });
         });
         nsp.on("disconnect-me", |sock, _, _| sock.disconnect());
         nsp.on("broadcast", |sock, args, _| {

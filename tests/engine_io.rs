@@ -657,4 +657,44 @@ fn the_conformance_profile_is_what_the_official_suites_expect() {
     let raw = Polling::open(&server, "/engine.io/");
     assert_eq!(raw.post("4echo\x1ebAQI="), (200, "ok".into()));
     assert_eq!(raw.packets(), ["4echo", "bAQI="]);
+    // `emit-with-ack` on `/`: the server asks for an ack (the socket's first id is 1) and
+    // emits what the ack carried, binary attachments included.
+    let mut ws = ws_connect(&server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).unwrap();
+    ws_text(&mut ws);
+    ws_send(&mut ws, "40");
+    ws_until(&mut ws, |t| t.starts_with("42[\"auth\""));
+    ws_send(&mut ws, r#"42["emit-with-ack",1,"2",{"3":[true]}]"#);
+    assert_eq!(
+        ws_text(&mut ws),
+        r#"421["emit-with-ack",1,"2",{"3":[true]}]"#
+    );
+    ws_send(&mut ws, r#"431[1,"2",{"3":[true]}]"#);
+    assert_eq!(
+        ws_text(&mut ws),
+        r#"42["emit-with-ack",1,"2",{"3":[true]}]"#
+    );
+    let bins = r#"{"_placeholder":true,"num":0},{"_placeholder":true,"num":1},"test""#;
+    ws_send(&mut ws, &format!(r#"452-["emit-with-ack",{bins}]"#));
+    ws.send(Message::binary(vec![1u8, 2, 3])).unwrap();
+    ws.send(Message::binary(vec![4u8, 5, 6])).unwrap();
+    assert_eq!(
+        ws_text(&mut ws),
+        format!(r#"452-2["emit-with-ack",{bins}]"#)
+    );
+    for want in [[1u8, 2, 3], [4, 5, 6]] {
+        match ws.read().unwrap() {
+            Message::Binary(b) => assert_eq!(&b[..], &want),
+            other => panic!("{other:?}"),
+        }
+    }
+    ws_send(&mut ws, &format!(r#"462-2[{bins}]"#));
+    ws.send(Message::binary(vec![7u8])).unwrap();
+    ws.send(Message::binary(vec![8u8])).unwrap();
+    assert_eq!(ws_text(&mut ws), format!(r#"452-["emit-with-ack",{bins}]"#));
+    for want in [[7u8], [8]] {
+        match ws.read().unwrap() {
+            Message::Binary(b) => assert_eq!(&b[..], &want),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -338,6 +338,34 @@ fn namespace_and_attachment_limits_are_enforced() {
 }
 
 #[test]
+fn acks_the_server_awaits_from_one_socket_are_bounded() {
+    let server = Server::start(&["--max-pending-acks", "2"]);
+    let mut ws = ws_connect(&server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).unwrap();
+    ws_text(&mut ws);
+    ws_send(&mut ws, "40");
+    ws_until(&mut ws, |t| t.starts_with("42[\"auth\""));
+    // `server-ack` asks this client for an ack it never gives: two are awaited, the third
+    // fails at once without being sent.
+    for _ in 0..3 {
+        ws_send(&mut ws, r#"42["server-ack",60000,"x"]"#);
+    }
+    assert_eq!(ws_text(&mut ws), r#"421["ack-me","x"]"#);
+    assert_eq!(ws_text(&mut ws), r#"422["ack-me","x"]"#);
+    assert_eq!(
+        ws_text(&mut ws),
+        r#"42["server-ack-result",{"ok":false,"error":"too many pending acks"}]"#
+    );
+    // An answered ack frees its place.
+    ws_send(&mut ws, r#"431["y"]"#);
+    assert_eq!(
+        ws_text(&mut ws),
+        r#"42["server-ack-result",{"ok":true,"args":["y"]}]"#
+    );
+    ws_send(&mut ws, r#"42["server-ack",60000,"z"]"#);
+    assert!(ws_text(&mut ws).ends_with(r#"["ack-me","z"]"#));
+}
+
+#[test]
 fn sigterm_sends_every_session_a_close_packet_and_exits() {
     let mut server = Server::start(&["--shutdown-timeout", "2000", "--log-level", "debug"]);
     let mut ws = ws_connect(&server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).unwrap();
