@@ -2575,6 +2575,19 @@ mod engine {
             (st, wait.timed_out())
         }
 
+        /// Answers a waiting GET with a noop, if one waits. For a client that left its last
+        /// namespace: some then stop polling without a close packet (python-socketio), and
+        /// would otherwise wait for the next ping to get their GET back.
+        pub fn release_poll(self: &Arc<Self>) {
+            let waiting = {
+                let st = lock(&self.state);
+                st.transport == Transport::Polling && st.poll_waiting
+            };
+            if waiting {
+                self.send_all(&[shared(&NOOP, "6")]);
+            }
+        }
+
         /// Queues packets in order, as one unit (a Socket.IO packet and its attachments must
         /// not interleave with another sender's). Never blocks; a full queue closes the session.
         pub fn send_all(self: &Arc<Self>, packets: &[Arc<Out>]) {
@@ -4236,8 +4249,14 @@ mod hub {
             };
             match p.kind {
                 Kind::Disconnect => {
-                    lock(&c.sockets).remove(&p.nsp);
+                    let mut sockets = lock(&c.sockets);
+                    sockets.remove(&p.nsp);
+                    let none_left = sockets.is_empty();
+                    drop(sockets);
                     sock.nsp.remove(&sock, "client namespace disconnect");
+                    if none_left {
+                        s.release_poll();
+                    }
                 }
                 Kind::Event | Kind::BinaryEvent => {
                     let Some(Value::Array(mut values)) = p.data else {

@@ -231,6 +231,23 @@ fn upgrade_from_polling_flushes_queued_packets_in_order() {
 }
 
 #[test]
+fn leaving_the_last_namespace_releases_the_pending_get() {
+    // Pings far off, so only the release can answer the GET within the test's patience.
+    let server = Server::start(&["--log-level", "debug", "--ping-interval", "60000"]);
+    let s = Polling::open(&server, "/socket.io/");
+    assert_eq!(s.post("40"), (200, "ok".into()));
+    s.until(|p| p.starts_with("42[\"auth\""));
+    let pending = {
+        let (addr, q) = (s.addr.clone(), s.query());
+        std::thread::spawn(move || http(&addr, "GET", &q, &[], b""))
+    };
+    server.wait_log(&format!("{} GET waits", s.sid));
+    assert_eq!(s.post("41"), (200, "ok".into()));
+    let (status, _, body) = pending.join().unwrap();
+    assert_eq!((status, body), (200, b"6".to_vec()));
+}
+
+#[test]
 fn a_get_sent_after_probe_and_upgrade_is_refused_even_when_it_is_read_first() {
     let server = Server::start(&[]);
     let s = Polling::open(&server, "/engine.io/");
