@@ -2378,20 +2378,20 @@ mod engine {
         warm: bool,
         /// Probed, not yet upgraded: the old transport's noop goes once this WebSocket has
         /// nothing more to read, so a `5` that came with the `2probe` is handled first.
-        release_poll: Option<Arc<Session>>,
+        noop_owed: Option<Arc<Session>>,
     }
     impl Read for WsIo {
         /// With a CPU to spare, a thread that was just woken polls before it blocks again: a
         /// message that arrives meanwhile is read without the wake-up of an idle vCPU, which
         /// is most of a lone client's round trip on a VM (README, performance).
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            if let Some(s) = self.release_poll.take() {
+            if let Some(s) = self.noop_owed.take() {
                 match http::recv(&self.tcp, buf, libc::MSG_DONTWAIT) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         s.send_all(&[shared(&NOOP, "6")]);
                     }
                     other => {
-                        self.release_poll = Some(s);
+                        self.noop_owed = Some(s);
                         return other;
                     }
                 }
@@ -3215,7 +3215,7 @@ mod engine {
                 conn: conn.clone(),
                 spin: self.cfg.spin,
                 warm: false,
-                release_poll: None,
+                noop_owed: None,
             };
             // A copy sized to what is left (usually nothing): the request buffer itself is
             // 4 KiB and tungstenite would keep it as its read buffer.
@@ -3284,10 +3284,10 @@ mod engine {
                         }
                         // Release the pending GET (or tell the SSE stream) so the client can
                         // pause it, once what came with the probe is read (`WsIo::read`).
-                        ws.get_mut().release_poll = Some(s.clone());
+                        ws.get_mut().noop_owed = Some(s.clone());
                     }
                     "5" => {
-                        ws.get_mut().release_poll = None;
+                        ws.get_mut().noop_owed = None;
                         let mut st = lock(&s.state);
                         if st.closed.is_some() || !st.upgrading {
                             return false;
