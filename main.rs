@@ -2386,15 +2386,11 @@ mod engine {
         /// is most of a lone client's round trip on a VM (README, performance).
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             if let Some(s) = self.noop_owed.take() {
-                match http::recv(&self.tcp, buf, libc::MSG_DONTWAIT) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        s.send_all(&[shared(&NOOP, "6")]);
-                    }
-                    other => {
-                        self.noop_owed = Some(s);
-                        return other;
-                    }
+                if let Some(n) = poll_recv(&self.tcp, buf, Duration::ZERO)? {
+                    self.noop_owed = Some(s);
+                    return Ok(n);
                 }
+                s.send_all(&[shared(&NOOP, "6")]);
             }
             if self.spin.is_zero() || LIVE_WS.load(Ordering::Relaxed) >= cpus() {
                 return (&*self.tcp).read(buf);
@@ -4039,12 +4035,12 @@ mod hub {
             timeout: Duration,
             done: impl FnOnce(Result<Args, AckError>) + Send + 'static,
         ) {
-            let id = self.next_ack.fetch_add(1, Ordering::Relaxed);
             let mut acks = lock(&self.acks);
             if acks.len() >= self.max_acks {
                 drop(acks);
                 return done(Err(AckError::TooMany));
             }
+            let id = self.next_ack.fetch_add(1, Ordering::Relaxed);
             acks.insert(id, Box::new(done));
             drop(acks);
             let me = Arc::downgrade(self);

@@ -152,13 +152,10 @@ fn polling_round_trip_with_text_and_binary() {
 fn a_client_close_releases_the_pending_get_with_a_noop() {
     let server = Server::start(&["--log-level", "debug"]);
     let s = Polling::open(&server, "/engine.io/");
-    let pending = {
-        let (addr, q) = (s.addr.clone(), s.query());
-        std::thread::spawn(move || http(&addr, "GET", &q, &[], b""))
-    };
+    let pending = s.get_in_background();
     server.wait_log(&format!("{} GET waits", s.sid));
     assert_eq!(s.post("1"), (200, "ok".into()));
-    let (status, _, body) = pending.join().unwrap();
+    let (status, body) = pending.join().unwrap();
     assert_eq!(
         (status, body),
         (200, b"6".to_vec()),
@@ -191,10 +188,7 @@ fn upgrade_from_polling_flushes_queued_packets_in_order() {
     let server = Server::start(&[]);
     let s = Polling::open(&server, "/engine.io/");
     // A GET is pending when the upgrade starts; the probe must release it with a noop.
-    let pending = {
-        let (addr, q) = (s.addr.clone(), s.query());
-        std::thread::spawn(move || http(&addr, "GET", &q, &[], b""))
-    };
+    let pending = s.get_in_background();
     let mut ws = ws_connect(
         &server.addr,
         &format!("/engine.io/?EIO=4&transport=websocket&sid={}", s.sid),
@@ -203,7 +197,7 @@ fn upgrade_from_polling_flushes_queued_packets_in_order() {
     .unwrap();
     ws_send(&mut ws, "2probe");
     assert_eq!(ws_text(&mut ws), "3probe");
-    let (status, _, body) = pending.join().unwrap();
+    let (status, body) = pending.join().unwrap();
     assert_eq!((status, body), (200, b"6".to_vec()));
     // Packets sent before the client says `5` are queued, then flushed over the WebSocket.
     assert_eq!(s.post("4first\x1e4second"), (200, "ok".into()));
@@ -237,13 +231,10 @@ fn leaving_the_last_namespace_releases_the_pending_get() {
     let s = Polling::open(&server, "/socket.io/");
     assert_eq!(s.post("40"), (200, "ok".into()));
     s.until(|p| p.starts_with("42[\"auth\""));
-    let pending = {
-        let (addr, q) = (s.addr.clone(), s.query());
-        std::thread::spawn(move || http(&addr, "GET", &q, &[], b""))
-    };
+    let pending = s.get_in_background();
     server.wait_log(&format!("{} GET waits", s.sid));
     assert_eq!(s.post("41"), (200, "ok".into()));
-    let (status, _, body) = pending.join().unwrap();
+    let (status, body) = pending.join().unwrap();
     assert_eq!((status, body), (200, b"6".to_vec()));
 }
 

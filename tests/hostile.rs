@@ -371,10 +371,7 @@ fn sigterm_sends_every_session_a_close_packet_and_exits() {
     let mut ws = ws_connect(&server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).unwrap();
     ws_text(&mut ws);
     let s = Polling::open(&server, "/socket.io/");
-    let pending = {
-        let (addr, q) = (s.addr.clone(), s.query());
-        std::thread::spawn(move || http(&addr, "GET", &q, &[], b""))
-    };
+    let pending = s.get_in_background();
     server.wait_log(&format!("{} GET waits", s.sid));
     server.signal("-TERM");
     assert_eq!(
@@ -382,7 +379,7 @@ fn sigterm_sends_every_session_a_close_packet_and_exits() {
         "1",
         "the WebSocket session gets a close packet"
     );
-    let (status, _, body) = pending.join().unwrap();
+    let (status, body) = pending.join().unwrap();
     assert_eq!(
         (status, body),
         (200, b"1".to_vec()),

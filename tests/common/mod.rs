@@ -268,6 +268,15 @@ impl Polling {
         format!("{}?EIO=4&transport=polling&sid={}", self.path, self.sid)
     }
 
+    /// A GET on its own thread (it may wait for packets); join for (status, body).
+    pub fn get_in_background(&self) -> std::thread::JoinHandle<(u16, Vec<u8>)> {
+        let (addr, q) = (self.addr.clone(), self.query());
+        std::thread::spawn(move || {
+            let (status, _, body) = http(&addr, "GET", &q, &[], b"");
+            (status, body)
+        })
+    }
+
     pub fn get(&self) -> (u16, String) {
         let (status, _, body) = http(&self.addr, "GET", &self.query(), &[], b"");
         (status, String::from_utf8(body).unwrap())
