@@ -706,3 +706,38 @@ fn the_conformance_profile_is_what_the_official_suites_expect() {
         }
     }
 }
+
+#[test]
+fn instances_share_nothing_and_a_taken_port_is_a_clear_error() {
+    let (a, b) = (Server::start(&[]), Server::start(&[]));
+    let s = Polling::open(&a, "/engine.io/");
+    assert_eq!(s.post("4on a"), (200, "ok".into()));
+    let (status, _, body) = http(&b.addr, "GET", &s.query(), &[], b"");
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).into_owned()),
+        (400, r#"{"code":1,"message":"Session ID unknown"}"#.into()),
+        "a session lives on the instance that made it: a load balancer must route its requests there"
+    );
+    assert_eq!(s.packets(), ["4on a"], "and there it goes on as before");
+
+    let port = a.addr.rsplit(':').next().unwrap();
+    let taken = std::process::Command::new(env!("CARGO_BIN_EXE_tinysio"))
+        .args(["--port", port])
+        .output()
+        .unwrap();
+    assert_eq!(taken.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&taken.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "cannot listen on {}: Address already in use",
+            a.addr
+        )),
+        "{stderr}"
+    );
+    assert_eq!(s.post("4still a"), (200, "ok".into()));
+    assert_eq!(
+        s.packets(),
+        ["4still a"],
+        "the instance on that port serves on"
+    );
+}
