@@ -14,7 +14,8 @@
 //! | `server` | the accept loop, routing, shutdown                              |
 //!
 //! Threads: one `accept` thread; one connection thread per TCP connection (it reads requests,
-//! and for a WebSocket reads frames for the life of the socket; started by `spawn_detached`);
+//! and for a WebSocket reads frames for the life of the socket; started by `spawn_detached`,
+//! named after the peer's address);
 //! one `timers` thread (heartbeats, connect and ack timeouts, housekeeping); a `ws-writer`
 //! thread only while a WebSocket's kernel buffer is full; one `signals` thread waiting for
 //! SIGINT/SIGTERM.
@@ -1867,6 +1868,22 @@ fn sched_batch() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: pid 0 names the calling thread; `param` is a valid sched_param.
     unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+}
+
+/// Names the calling thread after its peer, so `top -H` and `/proc/PID/task/*/comm` say which
+/// connection each thread serves. The kernel keeps 15 bytes: the last 15, where the port is
+/// (an IPv4 address with its port fits whole). Formatted on the stack: no heap per connection.
+fn name_after_peer(peer: &std::net::SocketAddr) {
+    use std::io::Write;
+    let mut text = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut text[..]);
+    let _ = write!(cursor, "{peer}");
+    let end = cursor.position() as usize;
+    let mut name = [0u8; 16]; // NUL-terminated
+    let tail = &text[end.saturating_sub(15)..end];
+    name[..tail.len()].copy_from_slice(tail);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from `name`.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
 }
 
 /// New unguessable id: 122 random bits (UUID v4), 32 hex digits.
@@ -4890,6 +4907,7 @@ mod server {
             let spawned = crate::spawn_detached(
                 self.cfg.thread_stack,
                 Box::new(move || {
+                    crate::name_after_peer(&peer);
                     if server.cfg.batch_threads {
                         crate::sched_batch();
                     }

@@ -741,3 +741,18 @@ fn instances_share_nothing_and_a_taken_port_is_a_clear_error() {
         "the instance on that port serves on"
     );
 }
+
+#[test]
+fn a_connection_thread_is_named_after_its_peer() {
+    let server = Server::start(&[]);
+    let mut ws = ws_connect(&server.addr, "/engine.io/?EIO=4&transport=websocket", &[]).unwrap();
+    ws_text(&mut ws);
+    let peer = ws.get_ref().local_addr().unwrap().to_string();
+    let want = &peer[peer.len().saturating_sub(15)..]; // the kernel keeps 15 bytes
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|comm| comm.trim_end().to_string())
+        .collect();
+    assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+}
