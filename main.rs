@@ -13,12 +13,11 @@
 //! | `app`    | the services: `/` echo, `/movies` watch party, `/custom`        |
 //! | `server` | the accept loop, routing, shutdown                              |
 //!
-//! Threads: one `accept` thread; one connection thread per TCP connection (it reads requests,
-//! and for a WebSocket reads frames for the life of the socket; started by `spawn_detached`,
-//! named after the peer's address);
-//! one `timers` thread (heartbeats, connect and ack timeouts, housekeeping); a `ws-writer`
-//! thread only while a WebSocket's kernel buffer is full; one `signals` thread waiting for
-//! SIGINT/SIGTERM.
+//! Threads: the main thread accepts (it keeps the process's name); one connection thread per
+//! TCP connection (it reads requests, and for a WebSocket reads frames for the life of the
+//! socket; started by `spawn_detached`, named after the peer's address); one `timers` thread
+//! (heartbeats, connect and ack timeouts, housekeeping); a `ws-writer` thread only while a
+//! WebSocket's kernel buffer is full; one `signals` thread waiting for SIGINT/SIGTERM.
 //!
 //! One message, socket to handler and back:
 //!
