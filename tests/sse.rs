@@ -103,6 +103,11 @@ fn sse_alone_carries_a_whole_socket_io_session() {
         s.head
     );
     assert!(s.head.contains("Cache-Control: no-cache"), "{}", s.head);
+    assert!(
+        s.head.contains("X-Accel-Buffering: no"),
+        "a proxy such as nginx must pass the stream on unbuffered: {}",
+        s.head
+    );
     let (id, open) = s.event().unwrap();
     let sid = sid_of(&open);
     assert_eq!(id, format!("{sid}:0"), "ids are <sid>:<n>, from 0");
