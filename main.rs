@@ -1871,15 +1871,10 @@ fn sched_batch() {
 
 /// Names the calling thread after its peer, so `top -H` and `/proc/PID/task/*/comm` say which
 /// connection each thread serves. The kernel keeps 15 bytes: the last 15, where the port is
-/// (an IPv4 address with its port fits whole). Formatted on the stack: no heap per connection.
-fn name_after_peer(peer: &std::net::SocketAddr) {
-    use std::io::Write;
-    let mut text = [0u8; 64];
-    let mut cursor = std::io::Cursor::new(&mut text[..]);
-    let _ = write!(cursor, "{peer}");
-    let end = cursor.position() as usize;
+/// (an IPv4 address with its port fits whole).
+fn name_after_peer(peer: &str) {
+    let tail = &peer.as_bytes()[peer.len().saturating_sub(15)..];
     let mut name = [0u8; 16]; // NUL-terminated
-    let tail = &text[end.saturating_sub(15)..end];
     name[..tail.len()].copy_from_slice(tail);
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from `name`.
     unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
@@ -4906,7 +4901,6 @@ mod server {
             let spawned = crate::spawn_detached(
                 self.cfg.thread_stack,
                 Box::new(move || {
-                    crate::name_after_peer(&peer);
                     if server.cfg.batch_threads {
                         crate::sched_batch();
                     }
@@ -4930,6 +4924,7 @@ mod server {
         fn connection(&self, tcp: TcpStream, peer: SocketAddr) -> Option<Box<Upgraded>> {
             let tcp = Arc::new(tcp);
             let peer = peer.to_string();
+            crate::name_after_peer(&peer);
             let mut buf = Vec::new();
             let mut read_timeout = http::ReadTimeout::default();
             loop {
