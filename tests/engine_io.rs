@@ -174,10 +174,7 @@ fn websocket_session_from_the_start() {
     ws_send(&mut ws, "4héllo");
     assert_eq!(ws_text(&mut ws), "4héllo");
     ws.send(Message::binary(vec![0u8, 1, 255])).unwrap();
-    match ws.read().unwrap() {
-        Message::Binary(b) => assert_eq!(&b[..], &[0, 1, 255]),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(ws_binary(&mut ws), [0, 1, 255]);
     ws_send(&mut ws, "1");
     server.wait_log("websocket from");
     server.wait_log(": client close");
@@ -689,22 +686,14 @@ fn the_conformance_profile_is_what_the_official_suites_expect() {
         ws_text(&mut ws),
         format!(r#"452-2["emit-with-ack",{bins}]"#)
     );
-    for want in [[1u8, 2, 3], [4, 5, 6]] {
-        match ws.read().unwrap() {
-            Message::Binary(b) => assert_eq!(&b[..], &want),
-            other => panic!("{other:?}"),
-        }
-    }
+    assert_eq!(ws_binary(&mut ws), [1, 2, 3]);
+    assert_eq!(ws_binary(&mut ws), [4, 5, 6]);
     ws_send(&mut ws, &format!(r#"462-2[{bins}]"#));
     ws.send(Message::binary(vec![7u8])).unwrap();
     ws.send(Message::binary(vec![8u8])).unwrap();
     assert_eq!(ws_text(&mut ws), format!(r#"452-["emit-with-ack",{bins}]"#));
-    for want in [[7u8], [8]] {
-        match ws.read().unwrap() {
-            Message::Binary(b) => assert_eq!(&b[..], &want),
-            other => panic!("{other:?}"),
-        }
-    }
+    assert_eq!(ws_binary(&mut ws), [7]);
+    assert_eq!(ws_binary(&mut ws), [8]);
 }
 
 #[test]

@@ -346,6 +346,16 @@ pub fn ws_text(ws: &mut Ws) -> String {
     }
 }
 
+pub fn ws_binary(ws: &mut Ws) -> Vec<u8> {
+    loop {
+        match ws.read().expect("websocket read") {
+            Message::Binary(b) => return b.to_vec(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected binary, got {other:?}"),
+        }
+    }
+}
+
 /// Reads text frames until one satisfies `pred`, answering Engine.IO pings on the way.
 pub fn ws_until(ws: &mut Ws, pred: impl Fn(&str) -> bool) -> String {
     loop {
