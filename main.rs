@@ -139,6 +139,11 @@ mod config {
             "acks the server awaits from one socket at once; past it an emit with ack fails at once",
         ),
         (
+            "max-rooms",
+            "64",
+            "rooms one socket may be in at once; past it a join is refused",
+        ),
+        (
             "max-attachments",
             "64",
             "binary attachments in one Socket.IO packet",
@@ -209,6 +214,7 @@ mod config {
         pub max_writers: usize,
         pub max_namespaces: usize,
         pub max_pending_acks: usize,
+        pub max_rooms: usize,
         pub max_users: usize,
         pub user_ttl: Duration,
         pub max_attachments: usize,
@@ -337,6 +343,7 @@ mod config {
             max_writers: size("max-writers")?,
             max_namespaces: size("max-namespaces")?,
             max_pending_acks: size("max-pending-acks")?,
+            max_rooms: size("max-rooms")?,
             max_users: size("max-users")?,
             user_ttl: num("user-ttl").map(Duration::from_secs)?,
             max_attachments: size("max-attachments")?,
@@ -4024,6 +4031,8 @@ mod hub {
         next_ack: AtomicU64,
         /// `--max-pending-acks`.
         max_acks: usize,
+        /// `--max-rooms`.
+        max_rooms: usize,
         timers: Arc<Timers>,
     }
 
@@ -4071,16 +4080,20 @@ mod hub {
             ));
         }
 
-        /// Joins a room; false if already a member.
-        pub fn join(self: &Arc<Self>, room: &str) -> bool {
+        /// Joins a room: `Ok(false)` if already a member; refused, with the reason, when the
+        /// socket is in `--max-rooms` rooms already.
+        pub fn join(self: &Arc<Self>, room: &str) -> Result<bool, String> {
             let mut rooms = lock(&self.rooms);
             if rooms.iter().any(|r| r == room) {
-                return false;
+                return Ok(false);
+            }
+            if rooms.len() >= self.max_rooms {
+                return Err(format!("in {} rooms already; leave one first", rooms.len()));
             }
             rooms.push(room.to_string());
             drop(rooms);
             self.nsp.join_room(room, self);
-            true
+            Ok(true)
         }
 
         /// Leaves a room; false if not a member.
@@ -4214,6 +4227,7 @@ mod hub {
                 // Ids count from 1, as the official suite expects of a first ack.
                 next_ack: AtomicU64::new(1),
                 max_acks: self.cfg.max_pending_acks,
+                max_rooms: self.cfg.max_rooms,
                 timers: self.timers.clone(),
             });
             sockets.insert(p.nsp.clone(), sock.clone());
@@ -4669,7 +4683,9 @@ mod app {
                 Ok(room) => room,
                 Err(e) => return refuse(ack, e),
             };
-            sock.join(&room);
+            if let Err(e) = sock.join(&room) {
+                return refuse(ack, e);
+            }
             ack_with(
                 ack,
                 json!({ "ok": true, "room": room, "users": online(&sock.nsp, &room) }),

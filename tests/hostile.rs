@@ -338,6 +338,30 @@ fn namespace_and_attachment_limits_are_enforced() {
 }
 
 #[test]
+fn rooms_one_socket_is_in_are_bounded() {
+    let server = Server::start(&["--max-rooms", "2"]);
+    let mut ws = ws_connect(&server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).unwrap();
+    ws_text(&mut ws);
+    ws_send(&mut ws, "40/movies,");
+    ws_until(&mut ws, |t| t.starts_with("42/movies,[\"on_connect\""));
+    let mut ack = |id: u32, args: &str| {
+        ws_send(&mut ws, &format!("42/movies,{id}[{args}]"));
+        let prefix = format!("43/movies,{id}[");
+        ws_until(&mut ws, |t| t.starts_with(&prefix))[prefix.len()..].to_string()
+    };
+    assert!(ack(1, r#""join","Alien""#).starts_with(r#"{"ok":true"#));
+    assert!(ack(2, r#""join","Brazil""#).starts_with(r#"{"ok":true"#));
+    assert_eq!(
+        ack(3, r#""join","Casablanca""#),
+        r#"{"ok":false,"error":"in 2 rooms already; leave one first"}]"#
+    );
+    // Joining a room it is in already takes no new place; leaving one frees a place.
+    assert!(ack(4, r#""join","Alien""#).starts_with(r#"{"ok":true"#));
+    assert!(ack(5, r#""leave","Brazil""#).starts_with(r#"{"ok":true"#));
+    assert!(ack(6, r#""join","Casablanca""#).starts_with(r#"{"ok":true"#));
+}
+
+#[test]
 fn acks_the_server_awaits_from_one_socket_are_bounded() {
     let server = Server::start(&["--max-pending-acks", "2"]);
     let mut ws = ws_connect(&server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).unwrap();
