@@ -64,6 +64,11 @@ mod config {
             "open TCP connections; beyond it 503 + Retry-After",
         ),
         (
+            "max-sessions",
+            "24000",
+            "Engine.IO sessions at once; a handshake beyond it gets 503 + Retry-After",
+        ),
+        (
             "allowed-origins",
             "",
             "comma-separated Origins; '*' allows any; empty: same origin and null",
@@ -201,6 +206,7 @@ mod config {
         pub ping_timeout: Duration,
         pub max_payload: usize,
         pub max_connections: usize,
+        pub max_sessions: usize,
         /// Empty: same origin and `null`. Contains "*": any origin.
         pub allowed_origins: Vec<String>,
         pub connect_timeout: Duration,
@@ -331,6 +337,7 @@ mod config {
             ping_timeout: ms("ping-timeout")?,
             max_payload: size("max-payload")?,
             max_connections: size("max-connections")?,
+            max_sessions: size("max-sessions")?,
             allowed_origins: origins,
             connect_timeout: ms("connect-timeout")?,
             max_header_bytes: size("max-header-bytes")?,
@@ -2911,6 +2918,19 @@ mod engine {
             cors: &[(&str, &str)],
             transport: Transport,
         ) -> Next {
+            // A polling session holds no connection between requests, so the connection cap
+            // does not bound sessions: without this, one client pipelining handshakes opens
+            // ~120k a second, each kept until the connect timeout.
+            if lock(&self.sessions).len() >= self.cfg.max_sessions {
+                log!(DEBUG, "{} answered 503: too many sessions", c.peer);
+                let mut headers = vec![("Retry-After", "1"), ("Content-Type", "text/plain")];
+                headers.extend_from_slice(cors);
+                let body = b"server busy: too many sessions";
+                return match http::respond(c.tcp, 503, &headers, body, req.keep_alive) {
+                    Ok(()) if req.keep_alive => Next::KeepAlive,
+                    _ => Next::Close,
+                };
+            }
             if transport == Transport::WebSocket {
                 return self.websocket(req, c, cors, None);
             }

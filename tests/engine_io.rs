@@ -605,6 +605,36 @@ fn a_connection_flood_beyond_the_cap_gets_503_and_the_server_serves_afterwards()
 }
 
 #[test]
+fn handshakes_beyond_the_session_cap_get_503_until_a_session_closes() {
+    let server = Server::start(&["--max-sessions", "2"]);
+    let a = Polling::open(&server, "/engine.io/");
+    let _b = Polling::open(&server, "/engine.io/");
+    let (status, headers, body) = http(
+        &server.addr,
+        "GET",
+        "/engine.io/?EIO=4&transport=polling",
+        &[],
+        b"",
+    );
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(header(&headers, "retry-after"), Some("1"));
+    assert_eq!(body, b"server busy: too many sessions");
+    // A WebSocket from the start is a session too.
+    let refused = ws_connect(&server.addr, "/engine.io/?EIO=4&transport=websocket", &[]);
+    assert!(
+        matches!(&refused, Err(tungstenite::Error::Http(r)) if r.status() == 503),
+        "{refused:?}"
+    );
+    // The sessions already open are served as before; one that closes frees its place.
+    assert_eq!(a.post("4still"), (200, "ok".into()));
+    assert_eq!(a.packets(), ["4still"]);
+    assert_eq!(a.post("1"), (200, "ok".into()));
+    let c = Polling::open(&server, "/engine.io/");
+    assert_eq!(c.post("4in"), (200, "ok".into()));
+    assert_eq!(c.packets(), ["4in"]);
+}
+
+#[test]
 fn the_accept_loop_survives_running_out_of_file_descriptors() {
     let mut server = Server::start_with_fd_limit(&[], 32);
     // Hold connections until the server's descriptors run out: accept then fails with
