@@ -169,6 +169,11 @@ mod config {
             "SSE packets kept for Last-Event-ID resume",
         ),
         (
+            "sse-replay-bytes",
+            "1048576",
+            "bytes of SSE packets kept for Last-Event-ID resume",
+        ),
+        (
             "shutdown-timeout",
             "5000",
             "ms to flush close packets on SIGINT/SIGTERM before exit",
@@ -227,6 +232,7 @@ mod config {
         pub max_json_depth: usize,
         pub max_packets: usize,
         pub sse_replay: usize,
+        pub sse_replay_bytes: usize,
         pub shutdown_timeout: Duration,
         pub thread_stack: usize,
         /// Connection threads run under SCHED_BATCH (`--thread-policy batch`).
@@ -357,6 +363,7 @@ mod config {
             max_json_depth: size("max-json-depth")?,
             max_packets: size("max-packets")?,
             sse_replay: size("sse-replay")?,
+            sse_replay_bytes: size("sse-replay-bytes")?,
             shutdown_timeout: ms("shutdown-timeout")?,
             thread_stack: size("thread-stack")?.max(64 * 1024),
             batch_threads: match get("thread-policy").as_str() {
@@ -2538,8 +2545,29 @@ mod engine {
     struct SseLog {
         next_id: u64,
         sent: VecDeque<(u64, Arc<Out>)>,
+        /// Payload bytes in `sent`.
+        bytes: usize,
         /// Bumped by each new stream: an older stream thread sees it and ends.
         stream: u64,
+    }
+
+    impl SseLog {
+        /// Numbers a packet and keeps it for resume, forgetting the oldest past `max_packets`
+        /// or `max_bytes` (`--sse-replay`, `--sse-replay-bytes`): a client that has large
+        /// messages echoed must not make the server keep thousands of them.
+        fn keep(&mut self, p: &Arc<Out>, (max_packets, max_bytes): (usize, usize)) -> u64 {
+            let id = self.next_id;
+            self.next_id += 1;
+            self.bytes += p.payload().len();
+            self.sent.push_back((id, p.clone()));
+            while self.sent.len() > max_packets || self.bytes > max_bytes {
+                let Some((_, old)) = self.sent.pop_front() else {
+                    break;
+                };
+                self.bytes -= old.payload().len();
+            }
+            id
+        }
     }
 
     impl State {
@@ -3483,14 +3511,9 @@ mod engine {
                     drained.push(shared(&CLOSE, "1"));
                 }
                 batch.clear();
+                let bounds = (self.cfg.sse_replay, self.cfg.sse_replay_bytes);
                 for p in drained {
-                    let id = st.sse.next_id;
-                    st.sse.next_id += 1;
-                    st.sse.sent.push_back((id, p.clone()));
-                    batch.push((id, p));
-                }
-                while st.sse.sent.len() > self.cfg.sse_replay {
-                    st.sse.sent.pop_front();
+                    batch.push((st.sse.keep(&p, bounds), p));
                 }
                 drop(st);
                 if closed {
@@ -3558,6 +3581,23 @@ mod engine {
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        #[test]
+        fn the_sse_replay_log_is_bounded_in_packets_and_in_bytes() {
+            let mut log = SseLog::default();
+            let ids: Vec<u64> = (0..5)
+                .map(|_| log.keep(&Out::text("4abc"), (3, 100)))
+                .collect();
+            assert_eq!(ids, [0, 1, 2, 3, 4], "ids count on past what is forgotten");
+            let kept = |log: &SseLog| log.sent.iter().map(|(id, _)| *id).collect::<Vec<_>>();
+            assert_eq!((kept(&log), log.bytes), (vec![2, 3, 4], 12));
+            // One large packet pushes out as many older ones as its size needs.
+            log.keep(&Out::text(&"4".repeat(95)), (3, 100));
+            assert_eq!((kept(&log), log.bytes), (vec![4, 5], 99));
+            // One over the byte bound on its own is not kept at all.
+            log.keep(&Out::text(&"4".repeat(101)), (3, 100));
+            assert_eq!((kept(&log), log.bytes, log.next_id), (vec![], 0, 7));
+        }
 
         #[test]
         fn polling_reads_what_is_there_gives_up_when_nothing_comes_and_sees_the_end() {

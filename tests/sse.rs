@@ -216,6 +216,32 @@ fn a_resume_outside_the_replay_window_closes_the_session() {
 }
 
 #[test]
+fn the_replay_window_is_bounded_in_bytes_too() {
+    let server = Server::start(&["--sse-replay-bytes", "1000"]);
+    let query = "/engine.io/?EIO=4&transport=sse";
+    let mut s = Stream::open(&server.addr, query, None);
+    let sid = sid_of(&s.data());
+    let big = |i: usize| format!("4{i}{}", "x".repeat(599));
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        assert_eq!(post(&server.addr, "/engine.io/", &sid, &big(i)), 200);
+        let (id, data) = s.event().unwrap();
+        assert_eq!(data, big(i));
+        ids.push(id);
+    }
+    drop(s);
+    // Only the last echo fits in 1000 bytes: a resume after the second gets it...
+    let mut resumed = Stream::open(&server.addr, query, Some(&ids[1]));
+    assert_eq!(resumed.status, 200);
+    assert_eq!(resumed.data(), big(2));
+    drop(resumed);
+    // ...and one after the first would miss the second, so the session is closed.
+    let late = Stream::open(&server.addr, query, Some(&ids[0]));
+    assert_eq!(late.status, 400);
+    server.wait_log("SSE resume outside the replay window");
+}
+
+#[test]
 fn a_dead_stream_is_handed_to_the_ping_timeout() {
     let server = Server::start(&["--ping-interval", "200", "--ping-timeout", "200"]);
     let mut s = Stream::open(&server.addr, "/engine.io/?EIO=4&transport=sse", None);
