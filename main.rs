@@ -154,6 +154,11 @@ mod config {
             "binary attachments in one Socket.IO packet",
         ),
         (
+            "max-binary-bytes",
+            "4194304",
+            "bytes of binary attachments in one Socket.IO packet, all together",
+        ),
+        (
             "max-json-depth",
             "32",
             "nesting of arrays and objects in one packet (bounds the parser's recursion)",
@@ -229,6 +234,7 @@ mod config {
         pub max_users: usize,
         pub user_ttl: Duration,
         pub max_attachments: usize,
+        pub max_binary_bytes: usize,
         pub max_json_depth: usize,
         pub max_packets: usize,
         pub sse_replay: usize,
@@ -360,6 +366,7 @@ mod config {
             max_users: size("max-users")?,
             user_ttl: num("user-ttl").map(Duration::from_secs)?,
             max_attachments: size("max-attachments")?,
+            max_binary_bytes: size("max-binary-bytes")?,
             max_json_depth: size("max-json-depth")?,
             max_packets: size("max-packets")?,
             sse_replay: size("sse-replay")?,
@@ -4411,6 +4418,15 @@ mod hub {
                         let Some((p, bins)) = partial.as_mut() else {
                             return Err("attachment count mismatch: binary message with no packet expecting it".into());
                         };
+                        // Each attachment may be up to --max-payload; what waits for the
+                        // rest is bounded as a whole.
+                        let held: usize = bins.iter().map(Vec::len).sum();
+                        if held + data.len() > self.cfg.max_binary_bytes {
+                            let max = self.cfg.max_binary_bytes;
+                            return Err(format!(
+                                "binary attachments over {max} bytes in one packet"
+                            ));
+                        }
                         bins.push(data.to_vec());
                         match bins.len() == p.attachments {
                             true => partial.take(),

@@ -338,6 +338,29 @@ fn namespace_and_attachment_limits_are_enforced() {
 }
 
 #[test]
+fn binary_attachments_of_one_packet_are_bounded_in_bytes() {
+    let server = Server::start(&["--max-binary-bytes", "10"]);
+    let mut ws = ws_connect(&server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).unwrap();
+    ws_text(&mut ws);
+    ws_send(&mut ws, "40");
+    ws_until(&mut ws, |t| t.starts_with("42[\"auth\""));
+    let header = r#"452-["message",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#;
+    // Ten bytes in all pass and come back...
+    ws_send(&mut ws, header);
+    ws.send(Message::binary(vec![1; 5])).unwrap();
+    ws.send(Message::binary(vec![2; 5])).unwrap();
+    assert!(ws_text(&mut ws).starts_with("452-[\"message-back\""));
+    assert_eq!(ws_binary(&mut ws), [1; 5]);
+    assert_eq!(ws_binary(&mut ws), [2; 5]);
+    // ...eleven close the session.
+    ws_send(&mut ws, header);
+    ws.send(Message::binary(vec![1; 5])).unwrap();
+    ws.send(Message::binary(vec![2; 6])).unwrap();
+    assert_eq!(ws_until(&mut ws, |t| t == "1"), "1");
+    server.wait_log("binary attachments over 10 bytes in one packet");
+}
+
+#[test]
 fn rooms_one_socket_is_in_are_bounded() {
     let server = Server::start(&["--max-rooms", "2"]);
     let mut ws = ws_connect(&server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).unwrap();
