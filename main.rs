@@ -4637,8 +4637,10 @@ mod app {
         fn get(&self, session: &str) -> Option<&User> {
             self.by_session.get(session)
         }
-        fn insert(&mut self, session: &str, user: User) {
-            if self.by_session.insert(session.to_string(), user).is_none() {
+        /// Returns the name the session had before, if any.
+        fn insert(&mut self, session: &str, user: User) -> Option<String> {
+            let before = self.by_session.insert(session.to_string(), user);
+            if before.is_none() {
                 self.order.push_back(session.to_string());
             }
             while self.order.len() > MAX_USERS.load(Ordering::Relaxed) {
@@ -4646,6 +4648,7 @@ mod app {
                     self.by_session.remove(&oldest);
                 }
             }
+            before.map(|u| u.username)
         }
         /// Keeps the entries of `live` sessions (and marks them seen now) and those seen
         /// within `ttl`.
@@ -4747,11 +4750,14 @@ mod app {
                 username: name.clone(),
                 seen: Instant::now(),
             };
-            lock(&USERS).insert(&sock.user, user);
+            let before = lock(&USERS).insert(&sock.user, user);
             log!(INFO, "Identify: {name}");
             ack_with(ack, json!({ "ok": true, "username": name }));
-            for room in sock.rooms() {
-                announce(&sock.nsp, &room);
+            // The rooms hear of a change only: a repeated identify costs them nothing.
+            if before.as_deref() != Some(name.as_str()) {
+                for room in sock.rooms() {
+                    announce(&sock.nsp, &room);
+                }
             }
         });
         nsp.on("join", |sock, args, ack| {
@@ -4759,14 +4765,17 @@ mod app {
                 Ok(room) => room,
                 Err(e) => return refuse(ack, e),
             };
-            if let Err(e) = sock.join(&room) {
-                return refuse(ack, e);
-            }
+            let joined = match sock.join(&room) {
+                Ok(joined) => joined,
+                Err(e) => return refuse(ack, e),
+            };
             ack_with(
                 ack,
                 json!({ "ok": true, "room": room, "users": online(&sock.nsp, &room) }),
             );
-            announce(&sock.nsp, &room);
+            if joined {
+                announce(&sock.nsp, &room);
+            }
         });
         nsp.on("leave", |sock, args, ack| {
             let room = match clean(args.str(0), "room", 64) {

@@ -106,3 +106,25 @@ test("who is online per room follows joins, leaves and disconnects", async () =>
   assert.deepEqual(await left, { room: "Casablanca", users: ["eve"] });
   assert.deepEqual(await ask(a, "online", "Casablanca"), { ok: true, room: "Casablanca", users: ["eve"] });
 });
+
+test("presence is announced on a change only: a repeated join or identify sends the room nothing", async () => {
+  const [a] = await movies();
+  const [b] = await movies();
+  await ask(a, "identify", "hal");
+  await ask(b, "identify", "ida");
+  await ask(a, "join", "Vertigo");
+  const both = onlineWith(a, (users) => users.includes("ida"));
+  await ask(b, "join", "Vertigo");
+  await both;
+  const heard = [];
+  a.on("online", (o) => heard.push(o.users));
+  assert.equal((await ask(b, "join", "Vertigo")).ok, true);
+  assert.equal((await ask(b, "identify", "ida")).ok, true);
+  // A real change comes after them on the same connection, so any announcement of theirs
+  // would have arrived first.
+  const renamed = onlineWith(a, (users) => users.includes("jo"));
+  await ask(b, "identify", "jo");
+  await renamed;
+  assert.deepEqual(heard, [["hal", "jo"]]);
+  a.off("online");
+});
