@@ -2538,6 +2538,9 @@ mod engine {
         /// The old transport delivered its noop and waits out the upgrade: it sends no more.
         paused: bool,
         poll_waiting: bool,
+        /// A GET with nothing to deliver is answered at once with a noop, not held
+        /// (`Session::answer_polls_at_once`).
+        polls_at_once: bool,
         /// Threads in `Session::wait` (a pending GET, an SSE stream): only then is there
         /// anyone to notify.
         waiters: u32,
@@ -2631,13 +2634,15 @@ mod engine {
             (st, wait.timed_out())
         }
 
-        /// Answers a waiting GET with a noop, if one waits. For a client that left its last
-        /// namespace: some then stop polling without a close packet (python-socketio), and
-        /// would otherwise wait for the next ping to get their GET back.
-        pub fn release_poll(self: &Arc<Self>) {
+        /// Whether a GET with nothing to deliver is answered at once with a noop (a waiting
+        /// one is released now) instead of held until there is something. For a client that
+        /// left its last namespace: python-socketio then may stop without a close packet and
+        /// still send one more GET, which would otherwise wait for the next ping.
+        pub fn answer_polls_at_once(self: &Arc<Self>, on: bool) {
             let waiting = {
-                let st = lock(&self.state);
-                st.transport == Transport::Polling && st.poll_waiting
+                let mut st = lock(&self.state);
+                st.polls_at_once = on;
+                on && st.transport == Transport::Polling && st.poll_waiting
             };
             if waiting {
                 self.send_all(&[shared(&NOOP, "6")]);
@@ -3020,6 +3025,7 @@ mod engine {
                     upgrading: false,
                     paused: false,
                     poll_waiting: false,
+                    polls_at_once: false,
                     waiters: 0,
                     ping_seq: 0,
                     pong_seq: 0,
@@ -3117,11 +3123,16 @@ mod engine {
                 return self.error(c, cors, 3, false);
             }
             st.poll_waiting = true;
-            if !st.has_deliverable() {
+            let at_once =
+                st.polls_at_once && !st.upgrading && st.closed.is_none() && !st.has_deliverable();
+            if !at_once && !st.has_deliverable() {
                 log!(DEBUG, "{} GET waits", s.sid);
             }
             let mut gone = false;
-            while st.closed.is_none() && !st.has_deliverable() && st.transport == Transport::Polling
+            while !at_once
+                && st.closed.is_none()
+                && !st.has_deliverable()
+                && st.transport == Transport::Polling
             {
                 let (guard, timed_out) = s.wait(st, Duration::from_millis(500));
                 st = guard;
@@ -3137,14 +3148,16 @@ mod engine {
                 self.close(s, "transport close (pending GET dropped)");
                 return Next::Close;
             }
-            if st.closed.is_none() && !st.has_deliverable() {
+            if !at_once && st.closed.is_none() && !st.has_deliverable() {
                 // The upgrade finished while this GET waited, and no noop was owed to it (a
                 // client sends `5` only once its GET got that noop): as after the upgrade, 400.
                 drop(st);
                 return self.error(c, cors, 3, keep_alive);
             }
             let mut packets = st.take_deliverable();
-            if st.closed.as_deref() == Some(CLIENT_CLOSE) {
+            if at_once {
+                packets.push(shared(&NOOP, "6"));
+            } else if st.closed.as_deref() == Some(CLIENT_CLOSE) {
                 // The client closed on another request; this GET only needs releasing (the
                 // reference server answers it with a noop too).
                 packets.push(shared(&NOOP, "6"));
@@ -4216,6 +4229,9 @@ mod hub {
     struct Client {
         sockets: Mutex<Fixed<Arc<Socket>>>,
         partial: Mutex<Option<(sio::Packet, Vec<Vec<u8>>)>>,
+        /// Counts the times the session was left with no namespace (the handshake is the
+        /// first): a connect timeout applies only to the time it was armed for.
+        emptied: AtomicU64,
     }
 
     fn client(s: &Session) -> Option<&Client> {
@@ -4239,6 +4255,20 @@ mod hub {
                 cfg,
                 timers,
             }
+        }
+
+        /// SIO5: a client must CONNECT a namespace within the connect timeout, after the
+        /// handshake and again after leaving its last one (What we chose, README).
+        fn arm_connect_timeout(&self, s: &Arc<Session>, c: &Client) {
+            let armed = c.emptied.fetch_add(1, Ordering::Relaxed) + 1;
+            let session = s.handle();
+            self.timers.after(self.cfg.connect_timeout, move || {
+                let Some(s) = session.get() else { return };
+                let Some(c) = client(&s) else { return };
+                if c.emptied.load(Ordering::Relaxed) == armed && lock(&c.sockets).is_empty() {
+                    s.close("connect timeout (no namespace joined)");
+                }
+            });
         }
 
         pub fn namespace(&self, name: &str) -> Option<&Arc<Namespace>> {
@@ -4297,8 +4327,12 @@ mod hub {
                 max_rooms: self.cfg.max_rooms,
                 timers: self.timers.clone(),
             });
+            let first = sockets.is_empty();
             sockets.insert(p.nsp.clone(), sock.clone());
             drop(sockets);
+            if first {
+                s.answer_polls_at_once(false);
+            }
             nsp.sockets
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
@@ -4343,7 +4377,12 @@ mod hub {
                     drop(sockets);
                     sock.nsp.remove(&sock, "client namespace disconnect");
                     if none_left {
-                        s.release_poll();
+                        s.answer_polls_at_once(true);
+                        // A CONNECT on another request may have come in between.
+                        if !lock(&c.sockets).is_empty() {
+                            s.answer_polls_at_once(false);
+                        }
+                        self.arm_connect_timeout(s, c);
                     }
                 }
                 Kind::Event | Kind::BinaryEvent => {
@@ -4384,14 +4423,9 @@ mod hub {
     impl Handler for Hub {
         fn open(&self, s: &Arc<Session>) {
             let _ = s.ext.set(Box::new(Client::default()));
-            let session = s.handle();
-            // SIO5: a client must CONNECT a namespace within the connect timeout.
-            self.timers.after(self.cfg.connect_timeout, move || {
-                let Some(s) = session.get() else { return };
-                if client(&s).is_some_and(|c| lock(&c.sockets).is_empty()) {
-                    s.close("connect timeout (no namespace joined)");
-                }
-            });
+            if let Some(c) = client(s) {
+                self.arm_connect_timeout(s, c);
+            }
         }
 
         fn message(&self, s: &Arc<Session>, msg: Message) -> Result<(), String> {

@@ -233,6 +233,29 @@ fn leaving_the_last_namespace_releases_the_pending_get() {
     assert_eq!(s.post("41"), (200, "ok".into()));
     let (status, body) = pending.join().unwrap();
     assert_eq!((status, body), (200, b"6".to_vec()));
+    // Until it joins a namespace again, a GET is answered at once (python-socketio may send
+    // one more after its noop, and then no close packet).
+    assert_eq!(s.get(), (200, "6".into()));
+    assert_eq!(s.post("40"), (200, "ok".into()));
+    s.until(|p| p.starts_with("42[\"auth\""));
+    let held = s.get_in_background();
+    server.wait_log_nth(&format!("{} GET waits", s.sid), 2);
+    assert_eq!(s.post("1"), (200, "ok".into()));
+    assert_eq!(held.join().unwrap(), (200, b"6".to_vec()));
+}
+
+#[test]
+fn a_session_that_leaves_its_last_namespace_has_the_connect_timeout_again() {
+    let server = Server::start(&["--connect-timeout", "300", "--ping-interval", "60000"]);
+    let s = Polling::open(&server, "/socket.io/");
+    assert_eq!(s.post("40"), (200, "ok".into()));
+    s.until(|p| p.starts_with("42[\"auth\""));
+    assert_eq!(s.post("41"), (200, "ok".into()));
+    let line = server.wait_log(&format!("close {} polling", s.sid));
+    assert!(
+        line.ends_with("connect timeout (no namespace joined)"),
+        "{line}"
+    );
 }
 
 #[test]

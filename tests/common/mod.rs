@@ -85,11 +85,16 @@ impl Server {
 
     /// Waits for a log line containing `needle` and returns it.
     pub fn wait_log(&self, needle: &str) -> String {
+        self.wait_log_nth(needle, 1)
+    }
+
+    /// Waits for the `nth` log line (counting from 1) containing `needle` and returns it.
+    pub fn wait_log_nth(&self, needle: &str, nth: usize) -> String {
         let deadline = Instant::now() + PATIENCE;
         let (lines, cv) = &*self.log;
         let mut guard = lines.lock().unwrap();
         loop {
-            if let Some(line) = guard.iter().find(|l| l.contains(needle)) {
+            if let Some(line) = guard.iter().filter(|l| l.contains(needle)).nth(nth - 1) {
                 return line.clone();
             }
             let left = deadline
