@@ -221,13 +221,18 @@ fn upgrade_from_polling_flushes_queued_packets_in_order() {
     server.wait_log("upgrade");
 }
 
+/// Joins `/` on a polling session and reads up to its `auth` greeting.
+fn join_root(s: &Polling) {
+    assert_eq!(s.post("40"), (200, "ok".into()));
+    s.until(|p| p.starts_with("42[\"auth\""));
+}
+
 #[test]
 fn leaving_the_last_namespace_releases_the_pending_get() {
     // Pings far off, so only the release can answer the GET within the test's patience.
     let server = Server::start(&["--log-level", "debug", "--ping-interval", "60000"]);
     let s = Polling::open(&server, "/socket.io/");
-    assert_eq!(s.post("40"), (200, "ok".into()));
-    s.until(|p| p.starts_with("42[\"auth\""));
+    join_root(&s);
     let pending = s.get_in_background();
     server.wait_log(&format!("{} GET waits", s.sid));
     assert_eq!(s.post("41"), (200, "ok".into()));
@@ -236,8 +241,7 @@ fn leaving_the_last_namespace_releases_the_pending_get() {
     // Until it joins a namespace again, a GET is answered at once (python-socketio may send
     // one more after its noop, and then no close packet).
     assert_eq!(s.get(), (200, "6".into()));
-    assert_eq!(s.post("40"), (200, "ok".into()));
-    s.until(|p| p.starts_with("42[\"auth\""));
+    join_root(&s);
     let held = s.get_in_background();
     server.wait_log_nth(&format!("{} GET waits", s.sid), 2);
     assert_eq!(s.post("1"), (200, "ok".into()));
@@ -248,8 +252,7 @@ fn leaving_the_last_namespace_releases_the_pending_get() {
 fn a_session_that_leaves_its_last_namespace_has_the_connect_timeout_again() {
     let server = Server::start(&["--connect-timeout", "300", "--ping-interval", "60000"]);
     let s = Polling::open(&server, "/socket.io/");
-    assert_eq!(s.post("40"), (200, "ok".into()));
-    s.until(|p| p.starts_with("42[\"auth\""));
+    join_root(&s);
     assert_eq!(s.post("41"), (200, "ok".into()));
     let line = server.wait_log(&format!("close {} polling", s.sid));
     assert!(
@@ -717,10 +720,7 @@ fn the_conformance_profile_is_what_the_official_suites_expect() {
     assert_eq!(raw.packets(), ["4echo", "bAQI="]);
     // `emit-with-ack` on `/`: the server asks for an ack (the socket's first id is 1) and
     // emits what the ack carried, binary attachments included.
-    let mut ws = ws_connect(&server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).unwrap();
-    ws_text(&mut ws);
-    ws_send(&mut ws, "40");
-    ws_until(&mut ws, |t| t.starts_with("42[\"auth\""));
+    let mut ws = ws_in(&server.addr, "/");
     ws_send(&mut ws, r#"42["emit-with-ack",1,"2",{"3":[true]}]"#);
     assert_eq!(
         ws_text(&mut ws),

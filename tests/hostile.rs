@@ -79,10 +79,7 @@ fn close_code(tcp: &mut TcpStream) -> Option<u16> {
 
 /// After everything: a normal client connects to /movies, names itself, joins and chats.
 fn normal_client_chats(server: &Server) {
-    let mut ws = ws_connect(&server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).unwrap();
-    ws_text(&mut ws);
-    ws_send(&mut ws, "40/movies,");
-    ws_until(&mut ws, |t| t.starts_with("42/movies,[\"on_connect\""));
+    let mut ws = ws_in(&server.addr, "/movies");
     ws_send(&mut ws, "42/movies,1[\"identify\",\"survivor\"]");
     ws_until(&mut ws, |t| t.starts_with("43/movies,1"));
     ws_send(&mut ws, "42/movies,2[\"join\",\"Alien\"]");
@@ -340,22 +337,23 @@ fn namespace_and_attachment_limits_are_enforced() {
 #[test]
 fn binary_attachments_of_one_packet_are_bounded_in_bytes() {
     let server = Server::start(&["--max-binary-bytes", "10"]);
-    let mut ws = ws_connect(&server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).unwrap();
-    ws_text(&mut ws);
-    ws_send(&mut ws, "40");
-    ws_until(&mut ws, |t| t.starts_with("42[\"auth\""));
-    let header = r#"452-["message",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#;
+    let mut ws = ws_in(&server.addr, "/");
+    // A `message` with two attachments of `a` and `b` bytes.
+    let send = |ws: &mut Ws, a: usize, b: usize| {
+        ws_send(
+            ws,
+            r#"452-["message",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#,
+        );
+        ws.send(Message::binary(vec![1; a])).unwrap();
+        ws.send(Message::binary(vec![2; b])).unwrap();
+    };
     // Ten bytes in all pass and come back...
-    ws_send(&mut ws, header);
-    ws.send(Message::binary(vec![1; 5])).unwrap();
-    ws.send(Message::binary(vec![2; 5])).unwrap();
+    send(&mut ws, 5, 5);
     assert!(ws_text(&mut ws).starts_with("452-[\"message-back\""));
     assert_eq!(ws_binary(&mut ws), [1; 5]);
     assert_eq!(ws_binary(&mut ws), [2; 5]);
     // ...eleven close the session.
-    ws_send(&mut ws, header);
-    ws.send(Message::binary(vec![1; 5])).unwrap();
-    ws.send(Message::binary(vec![2; 6])).unwrap();
+    send(&mut ws, 5, 6);
     assert_eq!(ws_until(&mut ws, |t| t == "1"), "1");
     server.wait_log("binary attachments over 10 bytes in one packet");
 }
@@ -363,10 +361,7 @@ fn binary_attachments_of_one_packet_are_bounded_in_bytes() {
 #[test]
 fn rooms_one_socket_is_in_are_bounded() {
     let server = Server::start(&["--max-rooms", "2"]);
-    let mut ws = ws_connect(&server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).unwrap();
-    ws_text(&mut ws);
-    ws_send(&mut ws, "40/movies,");
-    ws_until(&mut ws, |t| t.starts_with("42/movies,[\"on_connect\""));
+    let mut ws = ws_in(&server.addr, "/movies");
     let mut ack = |id: u32, args: &str| {
         ws_send(&mut ws, &format!("42/movies,{id}[{args}]"));
         let prefix = format!("43/movies,{id}[");
@@ -387,10 +382,7 @@ fn rooms_one_socket_is_in_are_bounded() {
 #[test]
 fn acks_the_server_awaits_from_one_socket_are_bounded() {
     let server = Server::start(&["--max-pending-acks", "2"]);
-    let mut ws = ws_connect(&server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).unwrap();
-    ws_text(&mut ws);
-    ws_send(&mut ws, "40");
-    ws_until(&mut ws, |t| t.starts_with("42[\"auth\""));
+    let mut ws = ws_in(&server.addr, "/");
     // `server-ack` asks this client for an ack it never gives: two are awaited, the third
     // fails at once without being sent.
     for _ in 0..3 {

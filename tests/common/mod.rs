@@ -341,6 +341,22 @@ pub fn ws_connect(
     }
 }
 
+/// A WebSocket session joined to `nsp` (`/` or `/movies`), its greeting event read: `auth`
+/// on `/`, `on_connect` on `/movies`.
+pub fn ws_in(addr: &str, nsp: &str) -> Ws {
+    let mut ws = ws_connect(addr, "/socket.io/?EIO=4&transport=websocket", &[]).unwrap();
+    ws_text(&mut ws);
+    if nsp == "/" {
+        ws_send(&mut ws, "40");
+        ws_until(&mut ws, |t| t.starts_with("42[\"auth\""));
+    } else {
+        ws_send(&mut ws, &format!("40{nsp},"));
+        let greeting = format!("42{nsp},[\"on_connect\"");
+        ws_until(&mut ws, |t| t.starts_with(&greeting));
+    }
+    ws
+}
+
 pub fn ws_text(ws: &mut Ws) -> String {
     loop {
         match ws.read().expect("websocket read") {

@@ -92,15 +92,21 @@ test("refusals come back through the ack: chat to a room the sender is not in, b
   assert.deepEqual(await ask(s, "chat", "Alien", "hi"), { ok: false, error: "not in room Alien" });
 });
 
-test("who is online per room follows joins, leaves and disconnects", async () => {
+/** Two identified clients in `room`, once the first has heard the second arrive (and what it heard). */
+async function pairIn(room, first, second) {
   const [a] = await movies();
   const [b] = await movies();
-  await ask(a, "identify", "eve");
-  await ask(b, "identify", "fay");
-  await ask(a, "join", "Casablanca");
-  const seen = onlineWith(a, (users) => users.includes("fay"));
-  await ask(b, "join", "Casablanca");
-  assert.deepEqual(await seen, { room: "Casablanca", users: ["eve", "fay"] });
+  await ask(a, "identify", first);
+  await ask(b, "identify", second);
+  await ask(a, "join", room);
+  const arrived = onlineWith(a, (users) => users.includes(second));
+  await ask(b, "join", room);
+  return [a, b, await arrived];
+}
+
+test("who is online per room follows joins, leaves and disconnects", async () => {
+  const [a, b, seen] = await pairIn("Casablanca", "eve", "fay");
+  assert.deepEqual(seen, { room: "Casablanca", users: ["eve", "fay"] });
   const left = onlineWith(a, (users) => !users.includes("fay"));
   b.close();
   assert.deepEqual(await left, { room: "Casablanca", users: ["eve"] });
@@ -108,14 +114,7 @@ test("who is online per room follows joins, leaves and disconnects", async () =>
 });
 
 test("presence is announced on a change only: a repeated join or identify sends the room nothing", async () => {
-  const [a] = await movies();
-  const [b] = await movies();
-  await ask(a, "identify", "hal");
-  await ask(b, "identify", "ida");
-  await ask(a, "join", "Vertigo");
-  const both = onlineWith(a, (users) => users.includes("ida"));
-  await ask(b, "join", "Vertigo");
-  await both;
+  const [a, b] = await pairIn("Vertigo", "hal", "ida");
   const heard = [];
   a.on("online", (o) => heard.push(o.users));
   assert.equal((await ask(b, "join", "Vertigo")).ok, true);
