@@ -427,6 +427,35 @@ mod config {
         use super::*;
 
         #[test]
+        fn readme_lists_every_flag_with_its_default_in_order() {
+            let readme = include_str!("README.md");
+            let rows: Vec<(&str, &str)> = readme
+                .lines()
+                .filter(|l| l.starts_with("| `--"))
+                .filter_map(|l| {
+                    let mut cells = l.split('|').skip(1).map(str::trim);
+                    let name = cells.next()?.trim_matches('`').strip_prefix("--")?;
+                    Some((name, cells.next()?))
+                })
+                .collect();
+            let mut want: Vec<(&str, &str)> = FLAGS
+                .iter()
+                .map(|(name, default, _)| {
+                    (
+                        *name,
+                        if default.is_empty() {
+                            "(empty)"
+                        } else {
+                            default
+                        },
+                    )
+                })
+                .collect();
+            want.extend([("conformance", "off"), ("help", "")]);
+            assert_eq!(rows, want);
+        }
+
+        #[test]
         fn defaults_match_the_engine_io_handshake_defaults() {
             let c = parse(vec![], |_| None).unwrap();
             assert_eq!(c.port, 5000);
