@@ -66,7 +66,7 @@ mod config {
         (
             "max-sessions",
             "24000",
-            "Engine.IO sessions at once; a handshake beyond it gets 503 + Retry-After",
+            "Engine.IO sessions at once on each endpoint; a handshake beyond it gets 503 + Retry-After",
         ),
         (
             "allowed-origins",
