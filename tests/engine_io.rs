@@ -250,7 +250,7 @@ fn leaving_the_last_namespace_releases_the_pending_get() {
 
 #[test]
 fn a_session_that_leaves_its_last_namespace_has_the_connect_timeout_again() {
-    let server = Server::start(&["--connect-timeout", "300", "--ping-interval", "60000"]);
+    let server = Server::start(&["--connect-timeout", "1000", "--ping-interval", "60000"]);
     let s = Polling::open(&server, "/socket.io/");
     join_root(&s);
     assert_eq!(s.post("41"), (200, "ok".into()));
