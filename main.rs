@@ -2789,6 +2789,16 @@ mod engine {
         WebSocket(Box<Upgraded>),
     }
 
+    impl Next {
+        /// After a response: keep the connection if the request asked to and it was written.
+        pub fn after(written: io::Result<()>, keep_alive: bool) -> Next {
+            match written {
+                Ok(()) if keep_alive => Next::KeepAlive,
+                _ => Next::Close,
+            }
+        }
+    }
+
     /// A WebSocket past its handshake, with the session it carries.
     pub struct Upgraded {
         engine: Arc<Engine>,
@@ -2862,10 +2872,8 @@ mod engine {
             let mut headers = vec![("Content-Type", "application/json")];
             headers.extend_from_slice(cors);
             log!(DEBUG, "{} answered {status} code {code}", c.peer);
-            match http::respond(c.tcp, status, &headers, body.as_bytes(), keep_alive) {
-                Ok(()) if keep_alive => Next::KeepAlive,
-                _ => Next::Close,
-            }
+            let written = http::respond(c.tcp, status, &headers, body.as_bytes(), keep_alive);
+            Next::after(written, keep_alive)
         }
 
         /// Serves one request on this engine's path.
@@ -2995,10 +3003,8 @@ mod engine {
                 let mut headers = vec![("Retry-After", "1"), ("Content-Type", "text/plain")];
                 headers.extend_from_slice(cors);
                 let body = b"server busy: too many sessions";
-                return match http::respond(c.tcp, 503, &headers, body, req.keep_alive) {
-                    Ok(()) if req.keep_alive => Next::KeepAlive,
-                    _ => Next::Close,
-                };
+                let written = http::respond(c.tcp, 503, &headers, body, req.keep_alive);
+                return Next::after(written, req.keep_alive);
             }
             if transport == Transport::WebSocket {
                 return self.websocket(req, c, cors, None);
@@ -3014,11 +3020,9 @@ mod engine {
             match transport {
                 Transport::Polling => {
                     headers.push(("Content-Type", "text/plain; charset=UTF-8"));
-                    let next =
-                        match http::respond(c.tcp, 200, &headers, open.payload(), req.keep_alive) {
-                            Ok(()) if req.keep_alive => Next::KeepAlive,
-                            _ => Next::Close,
-                        };
+                    let written =
+                        http::respond(c.tcp, 200, &headers, open.payload(), req.keep_alive);
+                    let next = Next::after(written, req.keep_alive);
                     self.handler.open(&s);
                     next
                 }
@@ -3233,10 +3237,8 @@ mod engine {
             }
             let mut headers = cors.to_vec();
             headers.push(("Content-Type", "text/html"));
-            match http::respond(c.tcp, 200, &headers, b"ok", req.keep_alive) {
-                Ok(()) if req.keep_alive => Next::KeepAlive,
-                _ => Next::Close,
-            }
+            let written = http::respond(c.tcp, 200, &headers, b"ok", req.keep_alive);
+            Next::after(written, req.keep_alive)
         }
 
         // ── WebSocket: direct (no sid) or an upgrade of a polling/SSE session.
@@ -5125,10 +5127,8 @@ mod server {
         fn route(&self, req: &http::Request, c: &mut Conn) -> Next {
             let page = |status: u16, kind: &str, body: &[u8]| {
                 let keep = req.keep_alive && !req.oversize;
-                match http::respond(c.tcp, status, &[("Content-Type", kind)], body, keep) {
-                    Ok(()) if keep => Next::KeepAlive,
-                    _ => Next::Close,
-                }
+                let written = http::respond(c.tcp, status, &[("Content-Type", kind)], body, keep);
+                Next::after(written, keep)
             };
             match req.path.as_str() {
                 "/socket.io/" | "/socket.io" => self.sio.serve(req, c),
