@@ -29,11 +29,14 @@ def server():
     assert not any("panicked" in line for line in lines)
 
 
-def connect(url, transport, **kw):
+def connect(url, transport=None, **kw):
+    """A client on one transport, or with the default (polling, then the upgrade) when None."""
     client = socketio.Client(reconnection=False)
     inbox = queue.Queue()
     client.on("*", lambda event, *args: inbox.put((event, list(args))))
-    client.connect(url, transports=[transport], wait_timeout=WAIT, **kw)
+    if transport:
+        kw["transports"] = [transport]
+    client.connect(url, wait_timeout=WAIT, **kw)
     return client, inbox
 
 
@@ -79,6 +82,20 @@ def test_call_times_out_when_no_ack_comes(server, transport):
         with pytest.raises(socketio.exceptions.TimeoutError):
             client.call("message", "no ack for this", timeout=0.5)
         assert client.call("message-with-ack", "still fine", timeout=WAIT) == "still fine"
+    finally:
+        client.disconnect()
+
+
+def test_default_transports_upgrade_polling_to_websocket(server):
+    # No `transports`: what most users write. The client opens over polling, upgrades, and the
+    # packets before and after the upgrade all arrive.
+    client, inbox = connect(server, auth={"token": "default"})
+    try:
+        assert expect(inbox, "auth") == [{"token": "default"}]
+        assert client.transport() == "websocket"
+        assert client.call("message-with-ack", ("after", "upgrade"), timeout=WAIT) == ("after", "upgrade")
+        client.emit("message", {"n": 2})
+        assert expect(inbox, "message-back") == [{"n": 2}]
     finally:
         client.disconnect()
 
