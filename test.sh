@@ -21,7 +21,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -c "import socketio, pytest" 2>/dev/null || .venv/bin/pip install -q -r tests/interop/requirements.txt
+.venv/bin/python -c "import socketio, pytest, aiohttp" 2>/dev/null || .venv/bin/pip install -q -r tests/interop/requirements.txt
 
 export TINYSIO_BIN="$PWD/target/debug/tinysio"
 
