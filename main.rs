@@ -196,7 +196,7 @@ mod config {
         (
             "spin-us",
             "30",
-            "µs a WebSocket's thread polls its socket before it blocks, while WebSocket connections are fewer than CPUs (0: never)",
+            "µs a connection's thread polls its socket for the next message or request before it blocks, while connections are fewer than CPUs (0: never)",
         ),
     ];
     /// Boolean flags: present or absent.
@@ -243,7 +243,8 @@ mod config {
         pub thread_stack: usize,
         /// Connection threads run under SCHED_BATCH (`--thread-policy batch`).
         pub batch_threads: bool,
-        /// How long an idle WebSocket thread polls before it blocks (`--spin-us`).
+        /// How long an idle connection thread (WebSocket or keep-alive HTTP) polls before it
+        /// blocks (`--spin-us`).
         pub spin: Duration,
         pub conformance: bool,
     }
@@ -1561,6 +1562,39 @@ mod http {
         n
     }
 
+    /// Reads what is already there without blocking, yielding the CPU between tries, for up
+    /// to `budget`; `None` when nothing came.
+    pub fn poll_recv(
+        tcp: &TcpStream,
+        buf: &mut [u8],
+        budget: Duration,
+    ) -> io::Result<Option<usize>> {
+        let until = Instant::now() + budget;
+        loop {
+            match recv(tcp, buf, libc::MSG_DONTWAIT) {
+                Ok(n) => return Ok(Some(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            if Instant::now() >= until {
+                return Ok(None);
+            }
+            // SAFETY: no arguments; gives the CPU to whatever else is runnable.
+            unsafe { libc::sched_yield() };
+        }
+    }
+
+    /// Polls (as `poll_recv`) for the next request into the buffer's spare room; whether
+    /// anything came (bytes, or the end of the stream).
+    pub fn poll_more(stream: &TcpStream, buf: &mut Vec<u8>, budget: Duration) -> io::Result<bool> {
+        let len = buf.len();
+        buf.resize(len + 4096, 0);
+        let n = poll_recv(stream, &mut buf[len..], budget);
+        buf.truncate(len + n.as_ref().map_or(0, |n| n.unwrap_or(0)));
+        n.map(|n| n.is_some())
+    }
+
     /// `recv(2)` with `flags` (`MSG_DONTWAIT`, `MSG_PEEK`), which `Read` cannot pass.
     pub fn recv(stream: &TcpStream, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
@@ -1731,6 +1765,37 @@ mod http {
         }
 
         #[test]
+        fn polling_reads_what_is_there_gives_up_when_nothing_comes_and_sees_the_end() {
+            use std::io::Write;
+            use std::net::TcpListener;
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 16];
+            let budget = Duration::from_micros(50);
+            assert_eq!(poll_recv(&server, &mut buf, budget).unwrap(), None);
+            // A long budget: it returns as soon as the bytes (or the end) are there.
+            let patience = Duration::from_secs(10);
+            client.write_all(b"42").unwrap();
+            assert_eq!(poll_recv(&server, &mut buf, patience).unwrap(), Some(2));
+            assert_eq!(&buf[..2], b"42");
+            // Into a request buffer: appended after what it holds, nothing added when nothing came.
+            let mut pending = b"GET".to_vec();
+            assert!(!poll_more(&server, &mut pending, budget).unwrap());
+            assert_eq!(pending, b"GET");
+            client.write_all(b" / HTTP/1.1").unwrap();
+            assert!(poll_more(&server, &mut pending, patience).unwrap());
+            assert_eq!(pending, b"GET / HTTP/1.1");
+            drop(client);
+            assert_eq!(poll_recv(&server, &mut buf, patience).unwrap(), Some(0));
+            assert!(
+                poll_more(&server, &mut pending, patience).unwrap(),
+                "the end counts"
+            );
+            assert_eq!(pending, b"GET / HTTP/1.1");
+        }
+
+        #[test]
         fn parses_heads_and_refuses_what_it_must() {
             let input = b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: a\r\nOrigin: null\r\n\r\nrest";
             let (r, n) = parse_head(input, &lim()).unwrap().unwrap();
@@ -1814,6 +1879,13 @@ mod http {
             }
         }
     }
+}
+
+/// The CPUs this process may use: connection threads poll instead of sleeping only while
+/// there are fewer connections than these (`--spin-us`).
+fn cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Takes one off a counter when dropped: what it counts (an open connection, a WebSocket
@@ -2454,17 +2526,17 @@ mod engine {
         /// is most of a lone client's round trip on a VM (README, performance).
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             if let Some(s) = self.noop_owed.take() {
-                if let Some(n) = poll_recv(&self.tcp, buf, Duration::ZERO)? {
+                if let Some(n) = http::poll_recv(&self.tcp, buf, Duration::ZERO)? {
                     self.noop_owed = Some(s);
                     return Ok(n);
                 }
                 s.send_all(&[shared(&NOOP, "6")]);
             }
-            if self.spin.is_zero() || LIVE_WS.load(Ordering::Relaxed) >= cpus() {
+            if self.spin.is_zero() || LIVE_WS.load(Ordering::Relaxed) >= crate::cpus() {
                 return (&*self.tcp).read(buf);
             }
             if self.warm {
-                if let Some(n) = poll_recv(&self.tcp, buf, self.spin)? {
+                if let Some(n) = http::poll_recv(&self.tcp, buf, self.spin)? {
                     return Ok(n);
                 }
             }
@@ -2479,29 +2551,6 @@ mod engine {
     /// that polls takes a CPU nobody else wants; past that it would take one from a peer.
     static LIVE_WS: AtomicUsize = AtomicUsize::new(0);
 
-    fn cpus() -> usize {
-        static CPUS: OnceLock<usize> = OnceLock::new();
-        *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-    }
-
-    /// Reads what is already there without blocking, yielding the CPU between tries, for up
-    /// to `budget`; `None` when nothing came.
-    fn poll_recv(tcp: &TcpStream, buf: &mut [u8], budget: Duration) -> io::Result<Option<usize>> {
-        let until = Instant::now() + budget;
-        loop {
-            match http::recv(tcp, buf, libc::MSG_DONTWAIT) {
-                Ok(n) => return Ok(Some(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-            if Instant::now() >= until {
-                return Ok(None);
-            }
-            // SAFETY: no arguments; gives the CPU to whatever else is runnable.
-            unsafe { libc::sched_yield() };
-        }
-    }
     impl Write for WsIo {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             match self.conn.send(Chunk::Raw(buf.into())) {
@@ -3648,24 +3697,6 @@ mod engine {
             // One over the byte bound on its own is not kept at all.
             log.keep(&Out::text(&"4".repeat(101)), (3, 100));
             assert_eq!((kept(&log), log.bytes, log.next_id), (vec![], 0, 7));
-        }
-
-        #[test]
-        fn polling_reads_what_is_there_gives_up_when_nothing_comes_and_sees_the_end() {
-            use std::net::{TcpListener, TcpStream};
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-            let (server, _) = listener.accept().unwrap();
-            let mut buf = [0u8; 16];
-            let budget = Duration::from_micros(50);
-            assert_eq!(poll_recv(&server, &mut buf, budget).unwrap(), None);
-            // A long budget: it returns as soon as the bytes (or the end) are there.
-            let patience = Duration::from_secs(10);
-            client.write_all(b"42").unwrap();
-            assert_eq!(poll_recv(&server, &mut buf, patience).unwrap(), Some(2));
-            assert_eq!(&buf[..2], b"42");
-            drop(client);
-            assert_eq!(poll_recv(&server, &mut buf, patience).unwrap(), Some(0));
         }
 
         #[test]
@@ -5093,9 +5124,20 @@ mod server {
             crate::name_after_peer(&peer);
             let mut buf = Vec::new();
             let mut read_timeout = http::ReadTimeout::default();
+            // As a WebSocket's reader does (engine::WsIo): while connections are fewer than
+            // CPUs, a keep-alive connection whose last request came quickly polls for the next
+            // (a polling client's GET right after its POST) instead of sleeping, which spares
+            // the wake-up of an idle vCPU per request (README, performance).
+            let spin = self.cfg.spin;
+            let mut warm = false;
             loop {
-                let req = match http::read_request(&tcp, &mut buf, &self.limits, &mut read_timeout)
-                {
+                if warm && buf.is_empty() && self.open.load(Ordering::Relaxed) < crate::cpus() {
+                    let _ = http::poll_more(&tcp, &mut buf, spin);
+                }
+                let waited = Instant::now();
+                let read = http::read_request(&tcp, &mut buf, &self.limits, &mut read_timeout);
+                warm = !spin.is_zero() && waited.elapsed() < spin * 2;
+                let req = match read {
                     Ok(req) => req,
                     Err(HttpError::Closed) => return None,
                     Err(HttpError::Status(status, message)) => {
