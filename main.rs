@@ -5132,6 +5132,7 @@ mod server {
             let mut warm = false;
             loop {
                 if warm && buf.is_empty() && self.open.load(Ordering::Relaxed) < crate::cpus() {
+                    // An error or the end of the stream is met again by the read below.
                     let _ = http::poll_more(&tcp, &mut buf, spin);
                 }
                 let waited = Instant::now();
