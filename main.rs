@@ -1562,6 +1562,42 @@ mod http {
         n
     }
 
+    /// Polling a socket before blocking on it (`--spin-us`): on a VM, waking an idle vCPU is
+    /// most of a lone client's round trip (README, performance). One rule for a WebSocket's
+    /// frames and a keep-alive connection's requests: poll only while the connections that
+    /// could poll are fewer than CPUs (a polling thread then takes a CPU nobody else wants),
+    /// and only when the last message came within twice the budget.
+    pub struct Spin {
+        budget: Duration,
+        /// The last wait was short, so the next one may be too.
+        warm: bool,
+    }
+
+    impl Spin {
+        pub fn new(budget: Duration) -> Spin {
+            Spin {
+                budget,
+                warm: false,
+            }
+        }
+
+        /// Whether to poll, and time the wait, with `live` such connections: if not, the
+        /// thread just blocks (one relaxed load and a return on a busy server).
+        pub fn allowed(&self, live: usize) -> bool {
+            !self.budget.is_zero() && live < crate::cpus()
+        }
+
+        /// How long to poll before blocking now: only after a short wait.
+        pub fn budget(&self) -> Option<Duration> {
+            self.warm.then_some(self.budget)
+        }
+
+        /// After a wait that began at `since` has ended.
+        pub fn waited(&mut self, since: Instant) {
+            self.warm = since.elapsed() < self.budget * 2;
+        }
+    }
+
     /// Reads what is already there without blocking, yielding the CPU between tries, for up
     /// to `budget`; `None` when nothing came.
     pub fn poll_recv(
@@ -2512,10 +2548,7 @@ mod engine {
     struct WsIo {
         tcp: Arc<TcpStream>,
         conn: Arc<WsConn>,
-        /// `--spin-us`; zero turns polling off.
-        spin: Duration,
-        /// The last message came within twice the spin, so the next one may too.
-        warm: bool,
+        spin: http::Spin,
         /// Probed, not yet upgraded: the old transport's noop goes once this WebSocket has
         /// nothing more to read, so a `5` that came with the `2probe` is handled first.
         noop_owed: Option<Arc<Session>>,
@@ -2532,17 +2565,17 @@ mod engine {
                 }
                 s.send_all(&[shared(&NOOP, "6")]);
             }
-            if self.spin.is_zero() || LIVE_WS.load(Ordering::Relaxed) >= crate::cpus() {
+            if !self.spin.allowed(LIVE_WS.load(Ordering::Relaxed)) {
                 return (&*self.tcp).read(buf);
             }
-            if self.warm {
-                if let Some(n) = http::poll_recv(&self.tcp, buf, self.spin)? {
+            if let Some(budget) = self.spin.budget() {
+                if let Some(n) = http::poll_recv(&self.tcp, buf, budget)? {
                     return Ok(n);
                 }
             }
-            let waited = Instant::now();
+            let since = Instant::now();
             let n = (&*self.tcp).read(buf)?;
-            self.warm = waited.elapsed() < self.spin * 2;
+            self.spin.waited(since);
             Ok(n)
         }
     }
@@ -3375,8 +3408,7 @@ mod engine {
             let io = WsIo {
                 tcp: c.tcp.clone(),
                 conn: conn.clone(),
-                spin: self.cfg.spin,
-                warm: false,
+                spin: http::Spin::new(self.cfg.spin),
                 noop_owed: None,
             };
             // A copy sized to what is left (usually nothing): the request buffer itself is
@@ -5124,20 +5156,21 @@ mod server {
             crate::name_after_peer(&peer);
             let mut buf = Vec::new();
             let mut read_timeout = http::ReadTimeout::default();
-            // As a WebSocket's reader does (engine::WsIo): while connections are fewer than
-            // CPUs, a keep-alive connection whose last request came quickly polls for the next
-            // (a polling client's GET right after its POST) instead of sleeping, which spares
-            // the wake-up of an idle vCPU per request (README, performance).
-            let spin = self.cfg.spin;
-            let mut warm = false;
+            // As a WebSocket's reader does (engine::WsIo): a polling client's GET right after
+            // its POST is read without a sleep (`http::Spin`).
+            let mut spin = http::Spin::new(self.cfg.spin);
             loop {
-                if warm && buf.is_empty() && self.open.load(Ordering::Relaxed) < crate::cpus() {
-                    // An error or the end of the stream is met again by the read below.
-                    let _ = http::poll_more(&tcp, &mut buf, spin);
-                }
-                let waited = Instant::now();
+                let since = spin.allowed(self.open.load(Ordering::Relaxed)).then(|| {
+                    if let Some(budget) = spin.budget().filter(|_| buf.is_empty()) {
+                        // An error or the end of the stream is met again by the read below.
+                        let _ = http::poll_more(&tcp, &mut buf, budget);
+                    }
+                    Instant::now()
+                });
                 let read = http::read_request(&tcp, &mut buf, &self.limits, &mut read_timeout);
-                warm = !spin.is_zero() && waited.elapsed() < spin * 2;
+                if let Some(since) = since {
+                    spin.waited(since);
+                }
                 let req = match read {
                     Ok(req) => req,
                     Err(HttpError::Closed) => return None,
