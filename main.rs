@@ -2083,7 +2083,7 @@ mod engine {
     use crate::{lock, log, new_id, DEBUG, INFO, WARN};
     use std::any::Any;
     use std::cmp::Ordering as CmpOrdering;
-    use std::collections::{BinaryHeap, HashMap, VecDeque};
+    use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
     use std::io::{self, Read, Write};
     use std::net::{Shutdown, TcpStream};
     use std::os::fd::AsRawFd;
@@ -2855,6 +2855,11 @@ mod engine {
         pub cfg: Arc<Config>,
         pub timers: Arc<Timers>,
         sessions: Mutex<HashMap<String, Arc<Session>>>,
+        /// Polling sessions the client closed while none of its GETs waited. A GET sent with
+        /// the close may be read after it, on another connection; it gets the noop it would
+        /// have got had it been read first. Kept until that GET or `--header-timeout`, for
+        /// at most `--max-sessions` sessions.
+        noop_owed: Mutex<HashSet<String>>,
         handler: Arc<dyn Handler>,
         /// Name of the cookie set on the handshake (PROTOCOL.md §4), if any.
         cookie: Option<&'static str>,
@@ -2931,6 +2936,7 @@ mod engine {
                 cfg,
                 timers,
                 sessions: Mutex::default(),
+                noop_owed: Mutex::default(),
                 handler,
                 cookie,
                 me: me.clone(),
@@ -3016,6 +3022,12 @@ mod engine {
                 return self.handshake(req, c, &cors, transport);
             };
             let Some(s) = self.get(&sid) else {
+                if transport == Transport::Polling
+                    && req.method == "GET"
+                    && lock(&self.noop_owed).remove(&sid)
+                {
+                    return self.poll_answer(c, &cors, &[shared(&NOOP, "6")], keep_alive, None);
+                }
                 return self.error(c, &cors, 1, keep_alive);
             };
             let current = s.transport();
@@ -3274,28 +3286,38 @@ mod engine {
                 packets.push(shared(&NOOP, "6"));
             } else if st.closed.as_deref() == Some(CLIENT_CLOSE) {
                 // The client closed on another request; this GET only needs releasing (the
-                // reference server answers it with a noop too).
+                // reference server answers it with a noop too), and no later one is owed it.
+                lock(&self.noop_owed).remove(&s.sid);
                 packets.push(shared(&NOOP, "6"));
             } else if st.closed.is_some() {
                 packets.push(shared(&CLOSE, "1"));
             }
             drop(st);
+            self.poll_answer(c, cors, &packets, keep_alive, Some(s))
+        }
+
+        /// A GET's 200 with `packets`; a write that fails closes `session`.
+        fn poll_answer(
+            &self,
+            c: &Conn,
+            cors: &[(&str, &str)],
+            packets: &[Arc<Out>],
+            keep_alive: bool,
+            session: Option<&Arc<Session>>,
+        ) -> Next {
             let mut headers = cors.to_vec();
             headers.push(("Content-Type", "text/plain; charset=UTF-8"));
-            match http::respond(
+            let written = http::respond(
                 c.tcp,
                 200,
                 &headers,
-                &eio::encode_payload(&packets),
+                &eio::encode_payload(packets),
                 keep_alive,
-            ) {
-                Ok(()) if keep_alive => Next::KeepAlive,
-                Ok(()) => Next::Close,
-                Err(_) => {
-                    self.close(s, "transport error (poll response not written)");
-                    Next::Close
-                }
+            );
+            if let (Err(_), Some(s)) = (&written, session) {
+                self.close(s, "transport error (poll response not written)");
             }
+            Next::after(written, keep_alive)
         }
 
         fn post(
@@ -3663,16 +3685,30 @@ mod engine {
         /// Ends a session, once, whatever the cause: client close, ping timeout, transport
         /// error, oversize, protocol error, server shutdown.
         pub fn close(&self, s: &Arc<Session>, reason: &str) {
-            let (ws, transport) = {
+            let (ws, transport, owes_noop) = {
                 let mut st = lock(&s.state);
                 if st.closed.is_some() {
                     return;
                 }
                 st.closed = Some(reason.to_string());
+                // Under the state lock, which a GET holds while it checks for a close: a GET
+                // either waits (and is released below) or finds the close and clears this.
+                let owes_noop = reason == CLIENT_CLOSE
+                    && st.transport == Transport::Polling
+                    && !st.poll_waiting
+                    && self.owe_noop(&s.sid);
                 s.wake_waiters(&st);
-                (st.ws.take(), st.transport)
+                (st.ws.take(), st.transport, owes_noop)
             };
             lock(&self.sessions).remove(&s.sid);
+            if owes_noop {
+                let (me, sid) = (self.me.clone(), s.sid.clone());
+                self.timers.after(self.cfg.header_timeout, move || {
+                    if let Some(engine) = me.upgrade() {
+                        lock(&engine.noop_owed).remove(&sid);
+                    }
+                });
+            }
             if let Some(ws) = ws {
                 // EIO: a close packet, then the WebSocket close frame.
                 let mut last = shared(&CLOSE, "1").ws_frame().to_vec();
@@ -3687,6 +3723,13 @@ mod engine {
                 transport.name(),
                 s.peer
             );
+        }
+
+        /// Records that `sid`'s next GET is owed a noop; false when `--max-sessions` such
+        /// records are kept already (that GET then gets the 400 of an unknown session).
+        fn owe_noop(&self, sid: &str) -> bool {
+            let mut owed = lock(&self.noop_owed);
+            owed.len() < self.cfg.max_sessions && owed.insert(sid.to_string())
         }
     }
 

@@ -144,8 +144,22 @@ fn polling_round_trip_with_text_and_binary() {
     let s = Polling::open(&server, "/engine.io/");
     assert_eq!(s.post("4hello\x1e4€\x1ebAQIDBA=="), (200, "ok".into()));
     assert_eq!(s.packets(), ["4hello", "4€", "bAQIDBA=="]);
+}
+
+#[test]
+fn a_get_read_after_the_clients_close_gets_the_noop_once() {
+    // A client's GET and its close may go out together on two connections (the official
+    // suite's "forcefully closes the session" does so); whichever the server reads first,
+    // that GET gets the noop.
+    let server = Server::start(&[]);
+    let s = Polling::open(&server, "/engine.io/");
     assert_eq!(s.post("1"), (200, "ok".into()));
+    assert_eq!(s.get(), (200, "6".into()), "the GET sent with the close");
     assert_eq!(s.get().0, 400, "a closed session is forgotten");
+    // Only the client's own close owes it: a session the server closed is just unknown.
+    let s = Polling::open(&server, "/engine.io/");
+    assert_eq!(s.post("x").0, 400);
+    assert_eq!(s.get().0, 400);
 }
 
 #[test]
