@@ -3705,7 +3705,13 @@ mod engine {
                 let (me, sid) = (self.me.clone(), s.sid.clone());
                 self.timers.after(self.cfg.header_timeout, move || {
                     if let Some(engine) = me.upgrade() {
-                        lock(&engine.noop_owed).remove(&sid);
+                        let mut owed = lock(&engine.noop_owed);
+                        owed.remove(&sid);
+                        // After a flood of closes, give back the room it took.
+                        if owed.capacity() > 1024 && owed.len() < owed.capacity() / 4 {
+                            let keep = owed.len() * 2;
+                            owed.shrink_to(keep);
+                        }
                     }
                 });
             }
