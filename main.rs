@@ -186,7 +186,7 @@ mod config {
         (
             "thread-stack",
             "262144",
-            "stack size of connection threads, bytes",
+            "stack size of connection threads (and of the timers and signals threads, which run handlers too), bytes",
         ),
         (
             "thread-policy",
@@ -2125,7 +2125,10 @@ mod engine {
     }
 
     impl Timers {
-        pub fn start() -> Arc<Timers> {
+        /// Starts the timers thread with a `stack`-byte stack: it runs handlers (ack
+        /// timeouts, the close of a session whose client stopped reading), as connection
+        /// threads do, so it gets their `--thread-stack`.
+        pub fn start(stack: usize) -> Arc<Timers> {
             let timers = Arc::new(Timers {
                 heap: Mutex::new(BinaryHeap::new()),
                 wake: Condvar::new(),
@@ -2134,6 +2137,7 @@ mod engine {
             let t = timers.clone();
             std::thread::Builder::new()
                 .name("timers".into())
+                .stack_size(stack)
                 .spawn(move || t.run())
                 .expect("the timers thread starts at boot, before any client");
             timers
@@ -3832,7 +3836,12 @@ mod engine {
                 fn close(&self, _: &Arc<Session>, _: &str) {}
             }
             let cfg = Arc::new(crate::config::parse(Vec::new(), |_| None).unwrap());
-            let engine = Engine::new(cfg, Timers::start(), Arc::new(Quiet), None);
+            let engine = Engine::new(
+                cfg.clone(),
+                Timers::start(cfg.thread_stack),
+                Arc::new(Quiet),
+                None,
+            );
             let s = engine.create(Transport::Polling, (None, false), "test", None);
             let waiter = {
                 let s = s.clone();
@@ -3926,7 +3935,7 @@ mod engine {
 
         #[test]
         fn timers_fire_in_deadline_order() {
-            let timers = Timers::start();
+            let timers = Timers::start(64 * 1024);
             let (tx, rx) = std::sync::mpsc::channel();
             for (delay, tag) in [(30, 3), (10, 1), (20, 2)] {
                 let tx = tx.clone();
@@ -5119,7 +5128,7 @@ mod server {
     impl Server {
         pub fn new(cfg: Config) -> Arc<Server> {
             let cfg = Arc::new(cfg);
-            let timers = Timers::start();
+            let timers = Timers::start(cfg.thread_stack);
             let hub = Arc::new(Hub::new(
                 cfg.clone(),
                 timers.clone(),
@@ -5496,16 +5505,20 @@ fn main() {
     } else {
         ""
     };
+    // The shutdown runs every session's disconnect handlers on this thread.
+    let stack = cfg.thread_stack;
     let srv = server::Server::new(cfg);
     let waiter = srv.clone();
-    let _ = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("signals".into())
+        .stack_size(stack)
         .spawn(move || {
             let sig = server::wait_for_signal(signals);
             log!(INFO, "signal {sig} received");
             waiter.shutdown();
             std::process::exit(0);
-        });
+        })
+        .expect("the signals thread starts at boot, before any client");
     // Logged once every thread of the server's own exists: the line means ready.
     log!(INFO, "listening on http://{addr}{profile}");
     srv.run(listener);
