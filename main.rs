@@ -2355,6 +2355,12 @@ mod engine {
     }
 
     impl WsConn {
+        /// Whether bytes wait on the socket, not yet read (a peek: nothing is taken).
+        fn unread(&self) -> bool {
+            let peek = http::recv(&self.tcp, &mut [0], libc::MSG_PEEK | libc::MSG_DONTWAIT);
+            matches!(peek, Ok(n) if n > 0)
+        }
+
         pub fn new(tcp: Arc<TcpStream>, cfg: &Config) -> Arc<WsConn> {
             Arc::new(WsConn {
                 tcp,
@@ -2553,21 +2559,20 @@ mod engine {
         tcp: Arc<TcpStream>,
         conn: Arc<WsConn>,
         spin: http::Spin,
-        /// Probed, not yet upgraded: the old transport's noop goes once this WebSocket has
-        /// nothing more to read, so a `5` that came with the `2probe` is handled first.
-        noop_owed: Option<Arc<Session>>,
+        /// Probed (`2probe` came), not yet upgraded (`5` has not): the session, whose reads
+        /// go through `read_probing`.
+        probing: Option<Arc<Session>>,
+        /// The old transport's noop, sent once this WebSocket has nothing more to read, so
+        /// a `5` that came with the `2probe` is handled first.
+        noop_owed: bool,
     }
     impl Read for WsIo {
         /// With a CPU to spare, a thread that was just woken polls before it blocks again: a
         /// message that arrives meanwhile is read without the wake-up of an idle vCPU, which
         /// is most of a lone client's round trip on a VM (README, performance).
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            if let Some(s) = self.noop_owed.take() {
-                if let Some(n) = http::poll_recv(&self.tcp, buf, Duration::ZERO)? {
-                    self.noop_owed = Some(s);
-                    return Ok(n);
-                }
-                s.send_all(&[shared(&NOOP, "6")]);
+            if let Some(s) = self.probing.clone() {
+                return self.read_probing(&s, buf);
             }
             if !self.spin.allowed(LIVE_WS.load(Ordering::Relaxed)) {
                 return (&*self.tcp).read(buf);
@@ -2581,6 +2586,36 @@ mod engine {
             let n = (&*self.tcp).read(buf)?;
             self.spin.waited(since);
             Ok(n)
+        }
+    }
+
+    impl WsIo {
+        /// Reads between `2probe` and `5`. Bytes are taken off the socket under the session's
+        /// lock and count as in hand until the next read, by when they have been handled. A
+        /// GET that comes meanwhile on another connection thus finds a `5` its client sent
+        /// before it still unread or in hand, and waits for it (`State::probe_unread`), as on
+        /// a server that reads in arrival order.
+        fn read_probing(&mut self, s: &Arc<Session>, buf: &mut [u8]) -> io::Result<usize> {
+            loop {
+                {
+                    let mut st = lock(&s.state);
+                    if std::mem::take(&mut st.probe_in_hand) {
+                        s.wake_waiters(&st);
+                    }
+                    if let Some(n) = http::poll_recv(&self.tcp, buf, Duration::ZERO)? {
+                        st.probe_in_hand = n > 0;
+                        return Ok(n);
+                    }
+                }
+                if std::mem::take(&mut self.noop_owed) {
+                    s.send_all(&[shared(&NOOP, "6")]);
+                    log!(DEBUG, "{} probed: the old transport got its noop", s.sid);
+                }
+                // Wait for bytes without taking them, then take them above.
+                if http::recv(&self.tcp, &mut [0], libc::MSG_PEEK)? == 0 {
+                    return Ok(0);
+                }
+            }
         }
     }
 
@@ -2650,6 +2685,8 @@ mod engine {
         /// The WebSocket, once upgraded (or while probing an upgrade).
         ws: Option<Arc<WsConn>>,
         upgrading: bool,
+        /// The probing WebSocket's thread has taken bytes it has not finished handling.
+        probe_in_hand: bool,
         /// The old transport delivered its noop and waits out the upgrade: it sends no more.
         paused: bool,
         poll_waiting: bool,
@@ -2698,6 +2735,13 @@ mod engine {
     impl State {
         fn has_deliverable(&self) -> bool {
             !self.paused && !self.queue.is_empty()
+        }
+
+        /// A probing WebSocket has bytes its thread has not read or not yet handled, such as
+        /// a `5` its client sent before a GET that came on another connection. That GET
+        /// waits until they are handled (`WsIo::read_probing`).
+        fn probe_unread(&self) -> bool {
+            self.upgrading && (self.probe_in_hand || self.ws.as_ref().is_some_and(|ws| ws.unread()))
         }
 
         /// What polling or SSE may deliver now: everything queued, except that during an
@@ -3154,6 +3198,7 @@ mod engine {
                     queued_bytes: 0,
                     ws,
                     upgrading: false,
+                    probe_in_hand: false,
                     paused: false,
                     poll_waiting: false,
                     polls_at_once: false,
@@ -3260,11 +3305,10 @@ mod engine {
                 log!(DEBUG, "{} GET waits", s.sid);
             }
             let mut gone = false;
-            while !at_once
-                && st.closed.is_none()
-                && !st.has_deliverable()
-                && st.transport == Transport::Polling
-            {
+            while !at_once && st.closed.is_none() && st.transport == Transport::Polling {
+                if st.has_deliverable() && !st.probe_unread() {
+                    break;
+                }
                 let (guard, timed_out) = s.wait(st, Duration::from_millis(500));
                 st = guard;
                 // A client that dropped its connection during the GET has gone.
@@ -3435,7 +3479,8 @@ mod engine {
                 tcp: c.tcp.clone(),
                 conn: conn.clone(),
                 spin: http::Spin::new(self.cfg.spin),
-                noop_owed: None,
+                probing: None,
+                noop_owed: false,
             };
             // A copy sized to what is left (usually nothing): the request buffer itself is
             // 4 KiB and tungstenite would keep it as its read buffer.
@@ -3481,6 +3526,7 @@ mod engine {
                 let mut st = lock(&s.state);
                 if st.upgrading {
                     st.upgrading = false;
+                    st.probe_in_hand = false;
                     st.paused = false;
                     st.ws = None;
                     s.wake_waiters(&st);
@@ -3503,16 +3549,21 @@ mod engine {
                             return abort("could not answer the probe");
                         }
                         // Release the pending GET (or tell the SSE stream) so the client can
-                        // pause it, once what came with the probe is read (`WsIo::read`).
-                        ws.get_mut().noop_owed = Some(s.clone());
+                        // pause it, once what came with the probe is read (`read_probing`).
+                        let io = ws.get_mut();
+                        io.probing = Some(s.clone());
+                        io.noop_owed = true;
                     }
                     "5" => {
-                        ws.get_mut().noop_owed = None;
+                        let io = ws.get_mut();
+                        io.probing = None;
+                        io.noop_owed = false;
                         let mut st = lock(&s.state);
                         if st.closed.is_some() || !st.upgrading {
                             return false;
                         }
                         st.upgrading = false;
+                        st.probe_in_hand = false;
                         st.paused = false;
                         st.transport = Transport::WebSocket;
                         let queued: Vec<Arc<Out>> =

@@ -275,17 +275,8 @@ fn a_session_that_leaves_its_last_namespace_has_the_connect_timeout_again() {
     );
 }
 
-#[test]
-fn a_get_sent_after_probe_and_upgrade_is_refused_even_when_it_is_read_first() {
-    let server = Server::start(&[]);
-    let s = Polling::open(&server, "/engine.io/");
-    let mut ws = ws_connect(
-        &server.addr,
-        &format!("/engine.io/?EIO=4&transport=websocket&sid={}", s.sid),
-        &[],
-    )
-    .unwrap();
-    // A kept-alive connection whose thread already waits for its next request.
+/// A kept-alive connection whose thread already waits for its next request.
+fn kept_alive(server: &Server) -> TcpStream {
     let mut keep = TcpStream::connect(&server.addr).unwrap();
     keep.set_read_timeout(Some(PATIENCE)).unwrap();
     keep.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -297,19 +288,56 @@ fn a_get_sent_after_probe_and_upgrade_is_refused_even_when_it_is_read_first() {
         assert!(n > 0, "health answer cut short");
         raw.extend_from_slice(&buf[..n]);
     }
+    keep
+}
+
+/// A polling session, the WebSocket that will upgrade it, and a kept-alive connection whose
+/// thread waits to read a GET for it.
+fn upgrade_race(server: &Server) -> (Polling, Ws, TcpStream) {
+    let s = Polling::open(server, "/engine.io/");
+    let path = format!("/engine.io/?EIO=4&transport=websocket&sid={}", s.sid);
+    let ws = ws_connect(&server.addr, &path, &[]).unwrap();
+    let keep = kept_alive(server);
+    (s, ws, keep)
+}
+
+/// The status of a GET for `s` sent at once on `keep`.
+fn get_at_once(keep: &mut TcpStream, s: &Polling) -> u16 {
+    let get = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        s.query()
+    );
+    keep.write_all(get.as_bytes()).unwrap();
+    read_response(keep).status
+}
+
+#[test]
+fn a_get_sent_after_probe_and_upgrade_is_refused_even_when_it_is_read_first() {
+    let server = Server::start(&[]);
+    let (s, mut ws, mut keep) = upgrade_race(&server);
     // `2probe` and `5` in one segment, then at once a GET on that connection, which the
     // server may well read before the WebSocket's frames: they are still handled first, so
     // the GET comes after the upgrade (400), as on a server with one event loop.
     let mut frames = masked_frame(0x81, b"2probe");
     frames.extend(masked_frame(0x81, b"5"));
     ws.get_mut().write_all(&frames).unwrap();
-    let get = format!(
-        "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        s.query()
-    );
-    keep.write_all(get.as_bytes()).unwrap();
-    assert_eq!(read_response(&mut keep).status, 400);
+    assert_eq!(get_at_once(&mut keep, &s), 400);
     assert_eq!(ws_text(&mut ws), "3probe");
+    ws_send(&mut ws, "4after");
+    assert_eq!(ws_text(&mut ws), "4after");
+}
+
+#[test]
+fn a_get_sent_after_an_upgrade_packet_of_its_own_is_refused_even_when_it_is_read_first() {
+    let server = Server::start(&["--log-level", "debug"]);
+    let (s, mut ws, mut keep) = upgrade_race(&server);
+    // This time the old transport's noop is out before the `5` comes, in a segment of its
+    // own, just before a GET on another connection: the GET still waits for the `5`.
+    ws_send(&mut ws, "2probe");
+    assert_eq!(ws_text(&mut ws), "3probe");
+    server.wait_log(&format!("{} probed: the old transport got its noop", s.sid));
+    ws.get_mut().write_all(&masked_frame(0x81, b"5")).unwrap();
+    assert_eq!(get_at_once(&mut keep, &s), 400);
     ws_send(&mut ws, "4after");
     assert_eq!(ws_text(&mut ws), "4after");
 }
