@@ -2907,7 +2907,7 @@ mod engine {
         /// the close may be read after it, on another connection; it gets the noop it would
         /// have got had it been read first. Kept until that GET or `--header-timeout`, for
         /// at most `--max-sessions` sessions.
-        noop_owed: Mutex<HashSet<String>>,
+        close_noops: Mutex<HashSet<String>>,
         handler: Arc<dyn Handler>,
         /// Name of the cookie set on the handshake (PROTOCOL.md §4), if any.
         cookie: Option<&'static str>,
@@ -2984,7 +2984,7 @@ mod engine {
                 cfg,
                 timers,
                 sessions: Mutex::default(),
-                noop_owed: Mutex::default(),
+                close_noops: Mutex::default(),
                 handler,
                 cookie,
                 me: me.clone(),
@@ -3072,7 +3072,7 @@ mod engine {
             let Some(s) = self.get(&sid) else {
                 if transport == Transport::Polling
                     && req.method == "GET"
-                    && lock(&self.noop_owed).remove(&sid)
+                    && lock(&self.close_noops).remove(&sid)
                 {
                     return self.poll_answer(c, &cors, &[shared(&NOOP, "6")], keep_alive, None);
                 }
@@ -3335,7 +3335,7 @@ mod engine {
             } else if st.closed.as_deref() == Some(CLIENT_CLOSE) {
                 // The client closed on another request; this GET only needs releasing (the
                 // reference server answers it with a noop too), and no later one is owed it.
-                lock(&self.noop_owed).remove(&s.sid);
+                lock(&self.close_noops).remove(&s.sid);
                 packets.push(shared(&NOOP, "6"));
             } else if st.closed.is_some() {
                 packets.push(shared(&CLOSE, "1"));
@@ -3751,7 +3751,7 @@ mod engine {
                 let owes_noop = reason == CLIENT_CLOSE
                     && st.transport == Transport::Polling
                     && !st.poll_waiting
-                    && self.owe_noop(&s.sid);
+                    && self.owe_close_noop(&s.sid);
                 s.wake_waiters(&st);
                 (st.ws.take(), st.transport, owes_noop)
             };
@@ -3760,7 +3760,7 @@ mod engine {
                 let (me, sid) = (self.me.clone(), s.sid.clone());
                 self.timers.after(self.cfg.header_timeout, move || {
                     if let Some(engine) = me.upgrade() {
-                        let mut owed = lock(&engine.noop_owed);
+                        let mut owed = lock(&engine.close_noops);
                         owed.remove(&sid);
                         // After a flood of closes, give back the room it took.
                         if owed.capacity() > 1024 && owed.len() < owed.capacity() / 4 {
@@ -3788,8 +3788,8 @@ mod engine {
 
         /// Records that `sid`'s next GET is owed a noop; false when `--max-sessions` such
         /// records are kept already (that GET then gets the 400 of an unknown session).
-        fn owe_noop(&self, sid: &str) -> bool {
-            let mut owed = lock(&self.noop_owed);
+        fn owe_close_noop(&self, sid: &str) -> bool {
+            let mut owed = lock(&self.close_noops);
             owed.len() < self.cfg.max_sessions && owed.insert(sid.to_string())
         }
     }
