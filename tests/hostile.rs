@@ -307,6 +307,23 @@ fn hostile_clients_get_clear_refusals_and_never_disturb_a_normal_one() {
 }
 
 #[test]
+fn closes_owing_a_noop_to_a_later_get_are_bounded_by_the_session_cap() {
+    // Each client close with no GET waiting is remembered (a GET sent with it gets the
+    // noop); at most --max-sessions at once, so closing sessions fast cannot grow it.
+    let server = Server::start(&["--max-sessions", "2"]);
+    let closed: Vec<Polling> = (0..3)
+        .map(|_| {
+            let s = Polling::open(&server, "/engine.io/");
+            assert_eq!(s.post("1"), (200, "ok".into()));
+            s
+        })
+        .collect();
+    assert_eq!(closed[2].get().0, 400, "past the cap: an unknown session");
+    assert_eq!(closed[0].get(), (200, "6".into()));
+    assert_eq!(closed[1].get(), (200, "6".into()));
+}
+
+#[test]
 fn a_client_that_never_connects_a_namespace_is_closed_at_the_connect_timeout() {
     let server = Server::start(&["--connect-timeout", "300"]);
     let s = Polling::open(&server, "/socket.io/");
