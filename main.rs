@@ -2699,6 +2699,8 @@ mod engine {
         /// Pings sent, and the ping count when the last pong came (a pong answers them all).
         ping_seq: u64,
         pong_seq: u64,
+        /// When the pong for the oldest unanswered ping is due (`Session::pong_overdue`).
+        pong_due: Option<Instant>,
         sse: SseLog,
     }
 
@@ -2863,6 +2865,13 @@ mod engine {
 
         pub fn transport(&self) -> Transport {
             lock(&self.state).transport
+        }
+
+        /// The pong deadline has passed, whether or not the timer that ends the session for
+        /// it has run yet (under load it may run late).
+        fn pong_overdue(&self) -> bool {
+            let due = lock(&self.state).pong_due;
+            due.is_some_and(|due| Instant::now() >= due)
         }
 
         pub fn is_closed(&self) -> bool {
@@ -3069,7 +3078,16 @@ mod engine {
                 }
                 return self.handshake(req, c, &cors, transport);
             };
-            let Some(s) = self.get(&sid) else {
+            let s = self.get(&sid).filter(|s| {
+                // A request after the pong deadline finds the session ended, as it would be
+                // had the timer that ends it run on time.
+                let overdue = s.pong_overdue();
+                if overdue {
+                    self.close(s, "ping timeout");
+                }
+                !overdue
+            });
+            let Some(s) = s else {
                 if transport == Transport::Polling
                     && req.method == "GET"
                     && lock(&self.close_noops).remove(&sid)
@@ -3205,6 +3223,7 @@ mod engine {
                     waiters: 0,
                     ping_seq: 0,
                     pong_seq: 0,
+                    pong_due: None,
                     sse: SseLog::default(),
                 }),
                 wake: Condvar::new(),
@@ -3235,6 +3254,9 @@ mod engine {
                     return;
                 }
                 st.ping_seq += 1;
+                // EIO4: the pong deadline starts when the ping is queued.
+                let due = Instant::now() + self.cfg.ping_timeout;
+                st.pong_due.get_or_insert(due);
                 st.ping_seq
             };
             s.send_all(&[shared(&PING, "2")]);
@@ -3267,8 +3289,13 @@ mod engine {
                 Packet::Message(text) => self.handler.message(s, Message::Text(&text)),
                 Packet::Binary(data) => self.handler.message(s, Message::Binary(&data)),
                 Packet::Pong(_) => {
+                    if s.pong_overdue() {
+                        self.close(s, "ping timeout");
+                        return Ok(());
+                    }
                     let mut st = lock(&s.state);
                     st.pong_seq = st.ping_seq;
+                    st.pong_due = None;
                     Ok(())
                 }
                 Packet::Close => {
@@ -3922,6 +3949,61 @@ mod engine {
             assert!(!timed_out);
             assert_eq!(delivered, 1);
             assert_eq!(waiters_after, 0);
+        }
+
+        #[test]
+        fn a_request_after_the_pong_deadline_finds_the_session_ended_even_if_its_timer_is_late() {
+            struct Quiet;
+            impl Handler for Quiet {
+                fn open(&self, _: &Arc<Session>) {}
+                fn message(&self, _: &Arc<Session>, _: Message) -> Result<(), String> {
+                    Ok(())
+                }
+                fn close(&self, _: &Arc<Session>, _: &str) {}
+            }
+            let args = ["--ping-timeout", "1"].map(String::from).to_vec();
+            let cfg = Arc::new(crate::config::parse(args, |_| None).unwrap());
+            let timers = Timers::start(64 * 1024);
+            // The timers thread is kept busy, so the timer that would end the session for
+            // its missing pong cannot run: only the request's own look at the deadline can.
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            timers.at(Instant::now(), move || {
+                let _ = held.recv();
+            });
+            let engine = Engine::new(cfg, timers, Arc::new(Quiet), None);
+            let s = engine.create(Transport::Polling, (None, false), "test", None);
+            engine.ping(&s, Instant::now());
+            while !s.pong_overdue() {
+                std::thread::yield_now();
+            }
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            client
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            let tcp = Arc::new(listener.accept().unwrap().0);
+            let req = Request {
+                method: "GET".into(),
+                query: format!("EIO=4&transport=polling&sid={}", s.sid),
+                ..Request::default()
+            };
+            let (mut leftover, mut read_timeout) = (Vec::new(), http::ReadTimeout::default());
+            let mut conn = Conn {
+                tcp: &tcp,
+                peer: "test",
+                leftover: &mut leftover,
+                read_timeout: &mut read_timeout,
+            };
+            engine.serve(&req, &mut conn);
+            let mut head = [0u8; 12];
+            client.read_exact(&mut head).unwrap();
+            assert_eq!(
+                &head, b"HTTP/1.1 400",
+                "not the queued ping: the session is over"
+            );
+            assert!(s.is_closed());
+            assert!(engine.get(&s.sid).is_none());
+            release.send(()).unwrap();
         }
 
         #[test]
