@@ -3903,16 +3903,18 @@ mod engine {
             assert_eq!(got, want);
         }
 
+        /// A handler that does nothing, for tests of the engine alone.
+        struct Quiet;
+        impl Handler for Quiet {
+            fn open(&self, _: &Arc<Session>) {}
+            fn message(&self, _: &Arc<Session>, _: Message) -> Result<(), String> {
+                Ok(())
+            }
+            fn close(&self, _: &Arc<Session>, _: &str) {}
+        }
+
         #[test]
         fn a_queued_packet_wakes_a_waiting_poll_and_the_waiter_count_returns_to_zero() {
-            struct Quiet;
-            impl Handler for Quiet {
-                fn open(&self, _: &Arc<Session>) {}
-                fn message(&self, _: &Arc<Session>, _: Message) -> Result<(), String> {
-                    Ok(())
-                }
-                fn close(&self, _: &Arc<Session>, _: &str) {}
-            }
             let cfg = Arc::new(crate::config::parse(Vec::new(), |_| None).unwrap());
             let engine = Engine::new(
                 cfg.clone(),
@@ -3953,14 +3955,6 @@ mod engine {
 
         #[test]
         fn a_request_after_the_pong_deadline_finds_the_session_ended_even_if_its_timer_is_late() {
-            struct Quiet;
-            impl Handler for Quiet {
-                fn open(&self, _: &Arc<Session>) {}
-                fn message(&self, _: &Arc<Session>, _: Message) -> Result<(), String> {
-                    Ok(())
-                }
-                fn close(&self, _: &Arc<Session>, _: &str) {}
-            }
             let args = ["--ping-timeout", "1"].map(String::from).to_vec();
             let cfg = Arc::new(crate::config::parse(args, |_| None).unwrap());
             let timers = Timers::start(64 * 1024);
