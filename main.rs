@@ -2696,10 +2696,8 @@ mod engine {
         /// Threads in `Session::wait` (a pending GET, an SSE stream): only then is there
         /// anyone to notify.
         waiters: u32,
-        /// Pings sent, and the ping count when the last pong came (a pong answers them all).
-        ping_seq: u64,
-        pong_seq: u64,
-        /// When the pong for the oldest unanswered ping is due (`Session::pong_overdue`).
+        /// When the pong for the oldest unanswered ping is due (`Session::pong_overdue`); a
+        /// pong answers them all.
         pong_due: Option<Instant>,
         sse: SseLog,
     }
@@ -3049,12 +3047,8 @@ mod engine {
                     "Access-Control-Allow-Headers",
                     "content-type, last-event-id",
                 ));
-                let _ = http::respond(c.tcp, 204, &h, b"", keep_alive);
-                return if keep_alive {
-                    Next::KeepAlive
-                } else {
-                    Next::Close
-                };
+                let written = http::respond(c.tcp, 204, &h, b"", keep_alive);
+                return Next::after(written, keep_alive);
             }
             if req.param("EIO").as_deref() != Some("4") {
                 return self.error(c, &cors, 5, keep_alive);
@@ -3078,15 +3072,15 @@ mod engine {
                 }
                 return self.handshake(req, c, &cors, transport);
             };
-            let s = self.get(&sid).filter(|s| {
+            let s = match self.get(&sid) {
                 // A request after the pong deadline finds the session ended, as it would be
                 // had the timer that ends it run on time.
-                let overdue = s.pong_overdue();
-                if overdue {
-                    self.close(s, "ping timeout");
+                Some(s) if s.pong_overdue() => {
+                    self.close(&s, "ping timeout");
+                    None
                 }
-                !overdue
-            });
+                s => s,
+            };
             let Some(s) = s else {
                 if transport == Transport::Polling
                     && req.method == "GET"
@@ -3221,8 +3215,6 @@ mod engine {
                     poll_waiting: false,
                     polls_at_once: false,
                     waiters: 0,
-                    ping_seq: 0,
-                    pong_seq: 0,
                     pong_due: None,
                     sse: SseLog::default(),
                 }),
@@ -3248,26 +3240,22 @@ mod engine {
         }
 
         fn ping(&self, s: &Arc<Session>, due: Instant) {
-            let seq = {
+            // EIO4: the pong deadline starts when the ping is queued.
+            let pong_due = Instant::now() + self.cfg.ping_timeout;
+            {
                 let mut st = lock(&s.state);
                 if st.closed.is_some() {
                     return;
                 }
-                st.ping_seq += 1;
-                // EIO4: the pong deadline starts when the ping is queued.
-                let due = Instant::now() + self.cfg.ping_timeout;
-                st.pong_due.get_or_insert(due);
-                st.ping_seq
-            };
+                st.pong_due.get_or_insert(pong_due);
+            }
             s.send_all(&[shared(&PING, "2")]);
             let (session, engine) = (s.handle(), self.me.clone());
-            self.timers.after(self.cfg.ping_timeout, move || {
-                let (Some(s), Some(e)) = (session.get(), engine.upgrade()) else {
-                    return;
-                };
-                let late = lock(&s.state).pong_seq < seq;
-                if late {
-                    e.close(&s, "ping timeout");
+            self.timers.at(pong_due, move || {
+                if let (Some(s), Some(e)) = (session.get(), engine.upgrade()) {
+                    if s.pong_overdue() {
+                        e.close(&s, "ping timeout");
+                    }
                 }
             });
             self.schedule_ping(s, due + self.cfg.ping_interval);
@@ -3293,9 +3281,7 @@ mod engine {
                         self.close(s, "ping timeout");
                         return Ok(());
                     }
-                    let mut st = lock(&s.state);
-                    st.pong_seq = st.ping_seq;
-                    st.pong_due = None;
+                    lock(&s.state).pong_due = None;
                     Ok(())
                 }
                 Packet::Close => {
@@ -3789,10 +3775,9 @@ mod engine {
                     if let Some(engine) = me.upgrade() {
                         let mut owed = lock(&engine.close_noops);
                         owed.remove(&sid);
-                        // After a flood of closes, give back the room it took.
-                        if owed.capacity() > 1024 && owed.len() < owed.capacity() / 4 {
-                            let keep = owed.len() * 2;
-                            owed.shrink_to(keep);
+                        // Once a flood of closes has all expired, give back the room it took.
+                        if owed.is_empty() {
+                            owed.shrink_to_fit();
                         }
                     }
                 });
