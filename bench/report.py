@@ -92,7 +92,9 @@ if sys.argv[1] == "--pairs":
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 
 # A row that ran in several rounds shows each metric's median over the rounds that did not fail
-# (a failed round is counted in "failed rounds" below the table).
+# (a failed round is counted in "failed rounds" below the table); what must be zero (a
+# broadcast's loss, its members that failed to join) shows the worst round instead.
+WORST = {"loss", "failures", "members_whose_connection_failed"}
 runs = {}
 for r in rows:
     runs.setdefault((r["server"], r["scenario"], r["transport"], r["clients"]), []).append(r)
@@ -106,7 +108,7 @@ def median_of(rs):
     for k, v in ok[0].items():
         vals = [r.get(k) for r in ok if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)]
         if k != "round" and isinstance(v, (int, float)) and not isinstance(v, bool) and len(vals) == len(ok):
-            merged[k] = statistics.median(vals)
+            merged[k] = max(vals) if k in WORST else statistics.median(vals)
     merged["rounds"] = len(ok)
     return merged
 
@@ -134,9 +136,10 @@ print("all servers on 127.0.0.1, same generator, same handlers, same run. Ratio:
 print("(best = highest where more is better, lowest where less is better); ✓ where tinysio leads or ties")
 print("(a tie: the ratio rounds to 1.00×, the precision shown).")
 if rounds > 1:
-    print(f"Echo and connect rows ran in {rounds} interleaved rounds (Flask-SocketIO in the first only);")
-    print("each figure is that server's median over its rounds, and the ratio is the median over the")
-    print("rounds of tinysio ÷ the best peer of the same round (seconds apart, so the VM's drift cancels).")
+    print(f"Every row ran in {rounds} interleaved rounds (Flask-SocketIO in the first only); each figure")
+    print("is that server's median over its rounds (loss and failed joins: its worst round), and the")
+    print("ratio is the median over the rounds of tinysio ÷ the best peer of the same round (seconds")
+    print("apart, so the VM's drift cancels).")
 print()
 print("| measurement | transport | clients | tinysio | " + " | ".join(PEERS) + " | ratio |")
 print("|---|---|---:|---:|" + "---:|" * len(PEERS) + "---:|")

@@ -4,7 +4,7 @@
 #   bench/run.sh            the full run (about 25 minutes)
 #   QUICK=1 bench/run.sh    a short smoke run (2 s echoes, small sizes)
 #   SERVERS="tinysio socketioxide" bench/run.sh    only these servers
-#   ROUNDS=5 bench/run.sh   rounds of the echo and connect rows (default 3; the table shows medians)
+#   ROUNDS=5 bench/run.sh   rounds of every row (default 3; the table shows medians)
 #   PAIRS=24 SECS=5 bench/run.sh    one row in alternating pairs, for a row too close to call
 #                                   (ROW="echo websocket 100" and PEER=socketioxide by default;
 #                                   ROW is "scenario transport clients", any scenario)
@@ -75,12 +75,11 @@ run() { # server scenario transport clients
 # the servers of one row are minutes apart at most seconds, not minutes: this VM's speed drifts
 # by tens of percent over minutes (the same server's echo at 100 clients ranged 45k–83k
 # acks/s in one quarter hour), which made a server-after-server order decide rows by luck.
-# Rounds: the echo and connect rows run ROUNDS times, interleaved (every row once, then again);
-# the table shows each server's median, and its ratio is the median of the same-round ratios,
-# so one slow minute cannot decide a row. The spread
-# stays in results.jsonl ("round"). Flask-SocketIO, far behind on every row, runs in the first
-# round only (its 10k connect alone takes two minutes); broadcast runs once (a run is 200 sends
-# to every member, each measured).
+# Rounds: every row runs ROUNDS times, interleaved (every row once, then again); the table
+# shows each server's median (its worst round for loss and failed joins), and its ratio is the
+# median of the same-round ratios, so one slow minute cannot decide a row. The spread stays in
+# results.jsonl ("round"). Flask-SocketIO, far behind on every row, runs in the first round only
+# (its 10k connect alone takes two minutes).
 # Pairs: one row, tinysio and one peer, each pair on fresh servers back to back, so both sides
 # of a pair see the VM at the same speed; the order flips every pair, so a steady drift favours
 # neither. The ratio of each pair is kept; report.py prints their geometric mean and a 95 %
@@ -118,9 +117,8 @@ for round in $(seq "$rounds"); do
   for t in websocket polling; do for n in $echo_sizes; do each echo $t $n; done; done
   case " $servers " in *" tinysio "*) for n in $echo_sizes; do each echo sse $n tinysio; done ;; esac
   for n in $conn_sizes; do each connect websocket $n; done # RSS and threads at rest are a fresh server's
+  for n in $bcast_sizes; do each broadcast websocket $n; done
 done
-round=1
-for n in $bcast_sizes; do each broadcast websocket $n; done
 
 python3 report.py "$out/results.jsonl" >"$out/table.md"
 cat "$out/table.md"
