@@ -183,6 +183,18 @@ for label, scenario, transport, metric, only, higher in TABLE:
                 ratio = f"{r:.2f}×" + (" ✓" if ok else "")
         print(f"| {label} | {transport} | {n:,} | {fmt(mine)} | " + " | ".join(fmt(p) for p in peers) + f" | {ratio} |")
 
+# Where the host had the vCPUs decides some rows (README, "Where the host puts the VM's two
+# vCPUs"): name the rounds in which tinysio's run was not on the close pair throughout.
+moved = []
+for (server, scenario, transport, n), rs in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][3])):
+    away = sorted(r["round"] for r in rs if server == "tinysio" and "error" not in r
+                  and "xcpu_ns" in r and placement(r) != "close")
+    if away:
+        moved.append(f"{scenario} {transport} {n}: {', '.join(map(str, away))}")
+if moved and rounds > 1:
+    print("\nRounds in which tinysio's run was not on the close pair of host cores throughout "
+          "(`xcpu_ns`; the peers' are in results.jsonl): " + "; ".join(moved) + ".")
+
 bad = [f"{k[0]} {k[1]} {k[2]} {k[3]}: {n}" for k, n in failed.items() if n]
 if bad:
     print("\nFailed rounds (left out of the medians): " + "; ".join(bad) + ".")
