@@ -5330,13 +5330,14 @@ mod server {
             // its POST is read without a sleep (`http::Spin`).
             let mut spin = http::Spin::new(self.cfg.spin);
             loop {
-                let since = spin.allowed(self.open.load(Ordering::Relaxed)).then(|| {
+                let mut since = None;
+                if spin.allowed(self.open.load(Ordering::Relaxed)) {
                     if let Some(budget) = spin.budget().filter(|_| buf.is_empty()) {
                         // An error or the end of the stream is met again by the read below.
                         let _ = http::poll_more(&tcp, &mut buf, budget);
                     }
-                    Instant::now()
-                });
+                    since = Some(Instant::now());
+                }
                 let read = http::read_request(&tcp, &mut buf, &self.limits, &mut read_timeout);
                 if let Some(since) = since {
                     spin.waited(since);

@@ -186,10 +186,9 @@ for label, scenario, transport, metric, only, higher in TABLE:
 # Where the host had the vCPUs decides some rows (README, "Where the host puts the VM's two
 # vCPUs"): name the rounds in which tinysio's run was not on the close pair throughout.
 moved = []
-for (server, scenario, transport, n), rs in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][3])):
-    away = sorted(r["round"] for r in rs if server == "tinysio" and "error" not in r
-                  and "xcpu_ns" in r and placement(r) != "close")
-    if away:
+for (server, scenario, transport, n), rs in sorted(runs.items()):
+    away = [r["round"] for r in rs if "error" not in r and "xcpu_ns" in r and placement(r) != "close"]
+    if server == "tinysio" and away:
         moved.append(f"{scenario} {transport} {n}: {', '.join(map(str, away))}")
 if moved and rounds > 1:
     print("\nRounds in which tinysio's run was not on the close pair of host cores throughout "
