@@ -136,7 +136,9 @@ print("all servers on 127.0.0.1, same generator, same handlers, same run. Ratio:
 print("(best = highest where more is better, lowest where less is better); ✓ where tinysio leads or ties")
 print("(a tie: the ratio rounds to 1.00×, the precision shown).")
 if rounds > 1:
-    print(f"Every row ran in {rounds} interleaved rounds (Flask-SocketIO in the first only); each figure")
+    rotated = len({r.get("place") for r in rows if r["server"] == "tinysio"}) > 1
+    print(f"Every row ran in {rounds} interleaved rounds (Flask-SocketIO in the first only)"
+          + (", the servers' order rotating by one place each round" if rotated else "") + "; each figure")
     print("is that server's median over its rounds (loss and failed joins: its worst round), and the")
     print("ratio is the median over the rounds of tinysio ÷ the best peer of the same round (seconds")
     print("apart, so the VM's drift cancels).")

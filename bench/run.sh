@@ -63,19 +63,20 @@ start() { # name → sets pid, addr
   echo "$1 did not start"; cat "$out/$1.log"; return 1
 }
 stop() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; }
-round=1
+round=1 place=
 run() { # server scenario transport clients
   local line
   line=$(timeout 180 "${generator_cpus[@]}" "$loadgen" --addr "$addr" --pid "$pid" --server "$1" --scenario "$2" --transport "$3" --clients "$4" --seconds "$secs") ||
     line="{\"server\":\"$1\",\"scenario\":\"$2\",\"transport\":\"$3\",\"clients\":$4,\"error\":\"timed out or failed\"}"
-  echo "${line%\}},\"round\":$round${PIN:+,\"pinned\":true}}" | tee -a "$results"
+  echo "${line%\}},\"round\":$round${place:+,\"place\":$place}${PIN:+,\"pinned\":true}}" | tee -a "$results"
 }
 
 # Side by side: each measurement runs on every server back to back, each on a fresh server, so
-# the servers of one row are minutes apart at most seconds, not minutes: this VM's speed drifts
+# the servers of one row are seconds apart, not minutes: this VM's speed drifts
 # by tens of percent over minutes (the same server's echo at 100 clients ranged 45k–83k
 # acks/s in one quarter hour), which made a server-after-server order decide rows by luck.
-# Rounds: every row runs ROUNDS times, interleaved (every row once, then again); the table
+# Rounds: every row runs ROUNDS times, interleaved (every row once, then again), the servers'
+# order rotating by one place each round (see each()); the table
 # shows each server's median (its worst round for loss and failed joins), and its ratio is the
 # median of the same-round ratios, so one slow minute cannot decide a row. The spread stays in
 # results.jsonl ("round"). Flask-SocketIO, far behind on every row, runs in the first round only
@@ -105,8 +106,19 @@ servers=${SERVERS:-tinysio socketioxide socket.io flask-socketio}
 rounds=${ROUNDS:-${QUICK:+1}}
 rounds=${rounds:-3}
 each() { # scenario transport clients [servers]
+  local list=() server
   for server in ${4:-$servers}; do
     [ "$server" = flask-socketio ] && [ "$round" -gt 1 ] && continue
+    list+=("$server")
+  done
+  [ ${#list[@]} -gt 0 ] || return 0
+  # Round r starts at the r-th server of the round's list and wraps, so every server takes
+  # every place in turn (first in a row, right after another...): with a fixed order, tinysio
+  # always ran first, and the first run of a row was the one the host most often moved.
+  local shift=$(((round - 1) % ${#list[@]}))
+  place=0
+  for server in "${list[@]:shift}" "${list[@]:0:shift}"; do
+    place=$((place + 1))
     start $server
     run $server "$1" "$2" "$3"
     stop
