@@ -113,8 +113,9 @@ each() { # scenario transport clients [servers]
   done
   [ ${#list[@]} -gt 0 ] || return 0
   # Round r starts at the r-th server of the round's list and wraps, so every server takes
-  # every place in turn (first in a row, right after another...): with a fixed order, tinysio
-  # always ran first, and the first run of a row was the one the host most often moved.
+  # every place in turn: with a fixed order, whatever the host does at a fixed point of each
+  # row falls on the same server every round (tinysio ran first, and its runs were the ones
+  # the host most often moved to the distant pair of cores).
   local shift=$(((round - 1) % ${#list[@]}))
   place=0
   for server in "${list[@]:shift}" "${list[@]:0:shift}"; do
