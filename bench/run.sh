@@ -63,7 +63,7 @@ start() { # name → sets pid, addr
   echo "$1 did not start"; cat "$out/$1.log"; return 1
 }
 stop() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; }
-round=1 place=
+round=1 place= # place: set by each() for its runs (bash scope), empty in pairs
 run() { # server scenario transport clients
   local line
   line=$(timeout 180 "${generator_cpus[@]}" "$loadgen" --addr "$addr" --pid "$pid" --server "$1" --scenario "$2" --transport "$3" --clients "$4" --seconds "$secs") ||
@@ -116,8 +116,7 @@ each() { # scenario transport clients [servers]
   # every place in turn: with a fixed order, whatever the host does at a fixed point of each
   # row falls on the same server every round (tinysio ran first, and its runs were the ones
   # the host most often moved to the distant pair of cores).
-  local shift=$(((round - 1) % ${#list[@]}))
-  place=0
+  local shift=$(((round - 1) % ${#list[@]})) place=0
   for server in "${list[@]:shift}" "${list[@]:0:shift}"; do
     place=$((place + 1))
     start $server
