@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark: tinysio against Node socket.io, socketioxide and Flask-SocketIO, in one run on
 # this machine, with the same load generator and the same handlers. Installs the peers itself.
-#   bench/run.sh            the full run (about 25 minutes)
+#   bench/run.sh            the full run (about 20 minutes; ROUNDS=5 about half an hour)
 #   QUICK=1 bench/run.sh    a short smoke run (2 s echoes, small sizes)
 #   SERVERS="tinysio socketioxide" bench/run.sh    only these servers
 #   ROUNDS=5 bench/run.sh   rounds of every row (default 3; the table shows medians)
