@@ -4813,13 +4813,12 @@ mod app {
     use crate::{lock, log, INFO};
     use serde_json::{json, Value};
     use std::collections::{BTreeMap, HashSet, VecDeque};
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
     /// The namespaces a server runs: `/` and `/movies`, or `/` and `/custom` when conformance.
     pub fn namespaces(conformance: bool, max_users: usize) -> Vec<Namespace> {
-        MAX_USERS.store(max_users.max(1), Ordering::Relaxed);
+        lock(&USERS).max = max_users.max(1);
         let mut list = vec![echo()];
         if conformance {
             let mut custom = Namespace::new("/custom");
@@ -4919,19 +4918,24 @@ mod app {
     /// The tutorial's global user table, keyed by the session's uuid. Touched for microseconds;
     /// never held while anything is sent. Bounded (`--max-users`): anyone can open sessions,
     /// so past the bound the oldest session's entry goes (it must identify again).
-    static USERS: Mutex<Users> = Mutex::new(Users {
-        by_session: BTreeMap::new(),
-        order: VecDeque::new(),
-    });
-    static MAX_USERS: AtomicUsize = AtomicUsize::new(usize::MAX);
+    static USERS: Mutex<Users> = Mutex::new(Users::new(usize::MAX));
 
     struct Users {
         by_session: BTreeMap<String, User>,
         /// Sessions in the order they first identified; the front is evicted first.
         order: VecDeque<String>,
+        /// The bound on entries (`--max-users`).
+        max: usize,
     }
 
     impl Users {
+        const fn new(max: usize) -> Users {
+            Users {
+                by_session: BTreeMap::new(),
+                order: VecDeque::new(),
+                max,
+            }
+        }
         fn get(&self, session: &str) -> Option<&User> {
             self.by_session.get(session)
         }
@@ -4941,7 +4945,7 @@ mod app {
             if before.is_none() {
                 self.order.push_back(session.to_string());
             }
-            while self.order.len() > MAX_USERS.load(Ordering::Relaxed) {
+            while self.order.len() > self.max {
                 if let Some(oldest) = self.order.pop_front() {
                     self.by_session.remove(&oldest);
                 }
@@ -5147,11 +5151,7 @@ mod app {
 
         #[test]
         fn the_user_table_evicts_its_oldest_session_past_the_bound() {
-            let mut users = Users {
-                by_session: BTreeMap::new(),
-                order: VecDeque::new(),
-            };
-            MAX_USERS.store(2, Ordering::Relaxed);
+            let mut users = Users::new(2);
             let named = |n: &str| User {
                 username: n.into(),
                 seen: Instant::now(),
@@ -5160,7 +5160,6 @@ mod app {
             users.insert("s2", named("b"));
             users.insert("s1", named("a2")); // a rename is not a new entry
             users.insert("s3", named("c"));
-            MAX_USERS.store(usize::MAX, Ordering::Relaxed);
             assert!(users.get("s1").is_none(), "the oldest session went");
             assert_eq!(users.get("s2").map(|u| u.username.as_str()), Some("b"));
             assert_eq!(users.get("s3").map(|u| u.username.as_str()), Some("c"));
@@ -5168,10 +5167,7 @@ mod app {
 
         #[test]
         fn users_of_sessions_gone_longer_than_the_ttl_are_forgotten() {
-            let mut users = Users {
-                by_session: BTreeMap::new(),
-                order: VecDeque::new(),
-            };
+            let mut users = Users::new(usize::MAX);
             let t0 = Instant::now();
             let ttl = Duration::from_secs(60);
             for s in ["gone", "live", "recent"] {
