@@ -134,6 +134,11 @@ mod config {
             "seconds a /movies user entry outlives its session's last socket",
         ),
         (
+            "max-online-names",
+            "50",
+            "names a /movies presence list (`online`) carries; how many more are in the room is in its `more`",
+        ),
+        (
             "max-namespaces",
             "32",
             "namespaces one Engine.IO session may join",
@@ -232,6 +237,7 @@ mod config {
         pub max_pending_acks: usize,
         pub max_rooms: usize,
         pub max_users: usize,
+        pub max_online_names: usize,
         pub user_ttl: Duration,
         pub max_attachments: usize,
         pub max_binary_bytes: usize,
@@ -365,6 +371,7 @@ mod config {
             max_pending_acks: size("max-pending-acks")?,
             max_rooms: size("max-rooms")?,
             max_users: size("max-users")?,
+            max_online_names: size("max-online-names")?,
             user_ttl: num("user-ttl").map(Duration::from_secs)?,
             max_attachments: size("max-attachments")?,
             max_binary_bytes: size("max-binary-bytes")?,
@@ -4807,6 +4814,7 @@ mod app {
     //! The services (PROTOCOL.md §4, §5): `/` the echo service, `/movies` the watch party from
     //! the Flask-SocketIO tutorial, `/custom` for the conformance suite, and the raw Engine.IO
     //! echo. Handlers only: they never touch a socket or hold a lock while emitting.
+    use crate::config::Config;
     use crate::eio::Out;
     use crate::engine::{Handler, Message, Session};
     use crate::hub::{Ack, AckError, Args, Namespace, Socket};
@@ -4817,15 +4825,15 @@ mod app {
     use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
     /// The namespaces a server runs: `/` and `/movies`, or `/` and `/custom` when conformance.
-    pub fn namespaces(conformance: bool, max_users: usize) -> Vec<Namespace> {
-        lock(&USERS).max = max_users.max(1);
+    pub fn namespaces(cfg: &Config) -> Vec<Namespace> {
+        lock(&USERS).max = cfg.max_users.max(1);
         let mut list = vec![echo()];
-        if conformance {
+        if cfg.conformance {
             let mut custom = Namespace::new("/custom");
             custom.on_connect(|sock| sock.emit("auth", &Args::one(sock.auth.clone())));
             list.push(custom);
         } else {
-            list.push(movies());
+            list.push(movies(cfg.max_online_names));
         }
         list
     }
@@ -5002,8 +5010,12 @@ mod app {
         ack_with(ack, json!({ "ok": false, "error": error }));
     }
 
-    /// Who is in a room, by name (identified members only, each once).
-    fn online(nsp: &Namespace, room: &str) -> Vec<String> {
+    /// Who is in a room: `{room, users, more}`, after `"ok": true` in an ack. `users` holds
+    /// the first `max` names in order (identified members only, each once), and `more`, present
+    /// when names were left out, how many. Every change goes to every member, so the list is
+    /// bounded as a chat line is: a room of n members would otherwise cost n lists of n names
+    /// per join, and a client toggling join/leave could make each of its events megabytes.
+    fn presence(nsp: &Namespace, room: &str, max: usize, ack: bool) -> Value {
         let members = nsp.members(room);
         let users = lock(&USERS);
         let mut names: Vec<String> = members
@@ -5013,15 +5025,23 @@ mod app {
         drop(users);
         names.sort();
         names.dedup();
-        names
+        let more = names.len().saturating_sub(max);
+        names.truncate(max);
+        let mut v = serde_json::Map::new();
+        if ack {
+            v.insert("ok".into(), true.into());
+        }
+        v.insert("room".into(), room.into());
+        v.insert("users".into(), names.into());
+        if more > 0 {
+            v.insert("more".into(), more.into());
+        }
+        Value::Object(v)
     }
 
-    fn announce(nsp: &Namespace, room: &str) {
-        let users = online(nsp, room);
-        nsp.to(room).emit(
-            "online",
-            &Args::one(json!({ "room": room, "users": users })),
-        );
+    fn announce(nsp: &Namespace, room: &str, max: usize) {
+        let list = presence(nsp, room, max, false);
+        nsp.to(room).emit("online", &Args::one(list));
     }
 
     fn now_ms() -> u64 {
@@ -5030,7 +5050,8 @@ mod app {
             .map_or(0, |d| d.as_millis() as u64)
     }
 
-    fn movies() -> Namespace {
+    /// `max_names`: `--max-online-names`, the bound of a presence list.
+    fn movies(max_names: usize) -> Namespace {
         let mut nsp = Namespace::new("/movies");
         nsp.on_connect(|sock| {
             let mut state = json!({ "logged_in": false });
@@ -5043,7 +5064,7 @@ mod app {
             }
             sock.emit("on_connect", &Args::one(state));
         });
-        nsp.on("identify", |sock, args, ack| {
+        nsp.on("identify", move |sock, args, ack| {
             let name = match clean(args.str(0), "username", 32) {
                 Ok(name) => name,
                 Err(e) => return refuse(ack, e),
@@ -5058,11 +5079,11 @@ mod app {
             // The rooms hear of a change only: a repeated identify costs them nothing.
             if before.as_deref() != Some(name.as_str()) {
                 for room in sock.rooms() {
-                    announce(&sock.nsp, &room);
+                    announce(&sock.nsp, &room, max_names);
                 }
             }
         });
-        nsp.on("join", |sock, args, ack| {
+        nsp.on("join", move |sock, args, ack| {
             let room = match clean(args.str(0), "room", 64) {
                 Ok(room) => room,
                 Err(e) => return refuse(ack, e),
@@ -5071,15 +5092,12 @@ mod app {
                 Ok(joined) => joined,
                 Err(e) => return refuse(ack, e),
             };
-            ack_with(
-                ack,
-                json!({ "ok": true, "room": room, "users": online(&sock.nsp, &room) }),
-            );
+            ack_with(ack, presence(&sock.nsp, &room, max_names, true));
             if joined {
-                announce(&sock.nsp, &room);
+                announce(&sock.nsp, &room, max_names);
             }
         });
-        nsp.on("leave", |sock, args, ack| {
+        nsp.on("leave", move |sock, args, ack| {
             let room = match clean(args.str(0), "room", 64) {
                 Ok(room) => room,
                 Err(e) => return refuse(ack, e),
@@ -5088,7 +5106,7 @@ mod app {
                 return refuse(ack, format!("not in room {room}"));
             }
             ack_with(ack, json!({ "ok": true, "room": room }));
-            announce(&sock.nsp, &room);
+            announce(&sock.nsp, &room, max_names);
         });
         nsp.on("chat", |sock, args, ack| {
             let Some(from) = username(sock) else {
@@ -5110,18 +5128,15 @@ mod app {
             let sent = sock.nsp.to(&room).emit("chat", &Args::one(line));
             ack_with(ack, json!({ "ok": true, "delivered": sent }));
         });
-        nsp.on("online", |sock, args, ack| {
+        nsp.on("online", move |sock, args, ack| {
             match clean(args.str(0), "room", 64) {
-                Ok(room) => ack_with(
-                    ack,
-                    json!({ "ok": true, "room": room, "users": online(&sock.nsp, &room) }),
-                ),
+                Ok(room) => ack_with(ack, presence(&sock.nsp, &room, max_names, true)),
                 Err(e) => refuse(ack, e),
             }
         });
-        nsp.on_disconnect(|sock, _reason| {
+        nsp.on_disconnect(move |sock, _reason| {
             for room in sock.rooms() {
-                announce(&sock.nsp, &room);
+                announce(&sock.nsp, &room, max_names);
             }
         });
         nsp
@@ -5237,11 +5252,7 @@ mod server {
         pub fn new(cfg: Config) -> Arc<Server> {
             let cfg = Arc::new(cfg);
             let timers = Timers::start(cfg.thread_stack);
-            let hub = Arc::new(Hub::new(
-                cfg.clone(),
-                timers.clone(),
-                app::namespaces(cfg.conformance, cfg.max_users),
-            ));
+            let hub = Arc::new(Hub::new(cfg.clone(), timers.clone(), app::namespaces(&cfg)));
             housekeeping_every(&timers, &hub, cfg.user_ttl, Duration::from_secs(30));
             let sio = Engine::new(cfg.clone(), timers.clone(), hub, Some("session"));
             let raw = Engine::new(cfg.clone(), timers, Arc::new(app::EngineEcho), None);

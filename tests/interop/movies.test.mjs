@@ -127,3 +127,29 @@ test("presence is announced on a change only: a repeated join or identify sends 
   assert.deepEqual(heard, [["hal", "jo"]]);
   a.off("online");
 });
+
+test("a presence list carries at most --max-online-names names; `more` counts the rest", async () => {
+  const small = await startServer(["--max-online-names", "2"]);
+  try {
+    const [a, b, c] = await Promise.all(["cat", "abe", "bea"].map(async (name) => {
+      const s = io(small.url + "/movies", { forceNew: true, reconnection: false, transports: ["websocket"] });
+      sockets.push(s);
+      await next(s, "on_connect");
+      await ask(s, "identify", name);
+      return s;
+    }));
+    await ask(a, "join", "Rope");
+    await ask(b, "join", "Rope");
+    const crowded = onlineWith(a, (users) => users.includes("bea"));
+    assert.deepEqual(await ask(c, "join", "Rope"), { ok: true, room: "Rope", users: ["abe", "bea"], more: 1 });
+    assert.deepEqual(await crowded, { room: "Rope", users: ["abe", "bea"], more: 1 });
+    assert.deepEqual(await ask(a, "online", "Rope"), { ok: true, room: "Rope", users: ["abe", "bea"], more: 1 });
+    // Back within the bound, the list is whole again and `more` is gone.
+    const thinned = onlineWith(a, (users) => !users.includes("abe"));
+    await ask(b, "leave", "Rope");
+    assert.deepEqual(await thinned, { room: "Rope", users: ["bea", "cat"] });
+    assert.equal(small.panicked(), false);
+  } finally {
+    await small.stop();
+  }
+});

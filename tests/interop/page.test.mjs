@@ -101,3 +101,20 @@ test("the page opened from a file:// URL works against the server", { skip }, as
   await page.waitForFunction(() => document.getElementById("whoami").textContent === "from-disk");
   await page.context().close();
 });
+
+test("a presence list cut at --max-online-names shows how many more are in the room", { skip }, async () => {
+  const small = await startServer(["--max-online-names", "1"]);
+  try {
+    const [ann, ben] = [await open(small.url + "/"), await open(small.url + "/")];
+    await name(ann, "ann");
+    await name(ben, "ben");
+    await join(ann, "Alien");
+    await join(ben, "Alien");
+    await ann.waitForFunction(() => document.getElementById("online").textContent === "Online: ann and 1 more");
+    await ann.context().close();
+    await ben.context().close();
+    assert.equal(small.panicked(), false);
+  } finally {
+    await small.stop();
+  }
+});
