@@ -5076,9 +5076,19 @@ mod app {
             let before = lock(&USERS).insert(&sock.user, user);
             log!(INFO, "Identify: {name}");
             ack_with(ack, json!({ "ok": true, "username": name }));
-            // The rooms hear of a change only: a repeated identify costs them nothing.
+            // The rooms hear of a change only: a repeated identify costs them nothing. The
+            // name is the session's, so the rooms of its other sockets (other tabs) hear too.
             if before.as_deref() != Some(name.as_str()) {
-                for room in sock.rooms() {
+                let mut rooms: Vec<String> = sock
+                    .nsp
+                    .sockets()
+                    .iter()
+                    .filter(|s| s.user == sock.user)
+                    .flat_map(|s| s.rooms())
+                    .collect();
+                rooms.sort();
+                rooms.dedup();
+                for room in rooms {
                     announce(&sock.nsp, &room, max_names);
                 }
             }

@@ -128,6 +128,22 @@ test("presence is announced on a change only: a repeated join or identify sends 
   a.off("online");
 });
 
+test("a rename is announced in the rooms of every socket of the session (another tab's too)", async () => {
+  const [tab1, state] = await movies();
+  const [tab2] = await movies({ auth: { session: state.session } });
+  const [other] = await movies();
+  await ask(tab1, "identify", "kim");
+  await ask(other, "identify", "lou");
+  await ask(tab1, "join", "Psycho");
+  await ask(tab2, "join", "Notorious");
+  const joined = onlineWith(other, (users) => users.includes("lou"));
+  await ask(other, "join", "Notorious");
+  assert.deepEqual(await joined, { room: "Notorious", users: ["kim", "lou"] });
+  const renamed = onlineWith(other, (users) => users.includes("kit"));
+  await ask(tab1, "identify", "kit");
+  assert.deepEqual(await renamed, { room: "Notorious", users: ["kit", "lou"] });
+});
+
 test("a presence list carries at most --max-online-names names; `more` counts the rest", async () => {
   const small = await startServer(["--max-online-names", "2"]);
   try {
