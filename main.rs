@@ -420,11 +420,20 @@ mod config {
         ["error", "warn", "info", "debug"][level.min(3) as usize]
     }
 
+    /// Writes one log line to stderr in one `write`. A line that cannot be written (stderr
+    /// closed, or a pipe whose reader is gone) is dropped: `eprintln!` would panic, and take
+    /// down whichever thread logged, the timers and signals threads included.
+    pub fn write_log(level: u8, message: std::fmt::Arguments) {
+        use std::io::Write;
+        let line = format!("tinysio {} {message}\n", tag(level));
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+
     /// `log!(INFO, "...")`: one line on stderr, `tinysio <level> <message>`.
     macro_rules! log {
         ($level:expr, $($arg:tt)*) => {
             if $crate::config::enabled($level) {
-                eprintln!("tinysio {} {}", $crate::config::tag($level), format_args!($($arg)*));
+                $crate::config::write_log($level, format_args!($($arg)*));
             }
         };
     }
@@ -5611,7 +5620,8 @@ fn main() {
     }) {
         Ok(cfg) => cfg,
         Err(message) if message.starts_with("tinysio:") => {
-            print!("{message}");
+            // `tinysio --help | head` closes stdout early: not an error.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), message.as_bytes());
             return;
         }
         Err(message) => {

@@ -483,3 +483,23 @@ fn idle_keep_alive_connections_are_closed_at_the_idle_timeout() {
     );
     assert!(String::from_utf8_lossy(&all).contains("Connection: keep-alive"));
 }
+
+#[test]
+fn a_log_nobody_reads_any_more_takes_no_thread_down_and_sigterm_still_ends_the_server() {
+    // Every request below logs (debug level: refusals, upgrade steps, opens and closes); each
+    // of those writes now fails with EPIPE and must be dropped, not panic its thread.
+    let mut server = Server::start_then_close_log(&["--log-level", "debug"]);
+    for _ in 0..3 {
+        let s = Polling::open(&server, "/socket.io/");
+        assert_eq!(s.post("1").0, 200);
+    }
+    let answer = raw(
+        &server.addr,
+        b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&answer), 404);
+    normal_client_chats(&server);
+    server.signal("-TERM");
+    let status = server.wait_exit();
+    assert!(status.success(), "{status:?}");
+}

@@ -22,15 +22,21 @@ pub struct Server {
 
 impl Server {
     pub fn start(args: &[&str]) -> Server {
-        Server::start_with(args, None)
+        Server::start_with(args, None, true)
     }
 
     /// Starts the server with at most `fds` open file descriptors (RLIMIT_NOFILE).
     pub fn start_with_fd_limit(args: &[&str], fds: u64) -> Server {
-        Server::start_with(args, Some(fds))
+        Server::start_with(args, Some(fds), true)
     }
 
-    fn start_with(args: &[&str], fd_limit: Option<u64>) -> Server {
+    /// Starts the server and closes the read end of its stderr after the first line, as
+    /// `tinysio 2>&1 | head -1` or a log collector that died would: its writes then fail.
+    pub fn start_then_close_log(args: &[&str]) -> Server {
+        Server::start_with(args, None, false)
+    }
+
+    fn start_with(args: &[&str], fd_limit: Option<u64>, keep_log: bool) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tinysio"));
         cmd.args(["--port", "0"])
             .args(args)
@@ -56,12 +62,17 @@ impl Server {
         let stderr = child.stderr.take().unwrap();
         let log: Arc<(Mutex<Vec<String>>, Condvar)> = Arc::default();
         let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.0.lock().unwrap().push(line);
-                sink.1.notify_all();
-            }
-        });
+        let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
+        if keep_log {
+            std::thread::spawn(move || {
+                for line in lines {
+                    sink.0.lock().unwrap().push(line);
+                    sink.1.notify_all();
+                }
+            });
+        } else {
+            sink.0.lock().unwrap().extend(lines.next()); // then the read end is dropped
+        }
         let mut server = Server {
             child,
             addr: String::new(),
