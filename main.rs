@@ -5249,11 +5249,13 @@ mod server {
     use crate::engine::{Conn, Engine, Next, Timers, Upgraded};
     use crate::http::{self, HttpError, Limits};
     use crate::hub::Hub;
-    use crate::{app, log, Slot, ERROR, INFO, WARN};
+    use crate::{app, lock, log, Slot, ERROR, INFO, WARN};
+    use std::collections::HashMap;
     use std::io::{self, Write};
-    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
     pub const INDEX_HTML: &str = include_str!("index.html");
@@ -5265,6 +5267,18 @@ mod server {
         limits: Limits,
         open: AtomicUsize,
         stopping: AtomicBool,
+        /// The connections serving HTTP (not yet or never a WebSocket), by fd. The shutdown
+        /// shuts their read side, so one idle between requests ends at once instead of
+        /// holding the exit until `--idle-timeout` or `--shutdown-timeout`.
+        http_conns: Mutex<HashMap<i32, Arc<TcpStream>>>,
+    }
+
+    /// An entry of `Server::http_conns`, removed when this is dropped.
+    struct Listed<'a>(&'a Server, i32);
+    impl Drop for Listed<'_> {
+        fn drop(&mut self) {
+            lock(&self.0.http_conns).remove(&self.1);
+        }
     }
 
     impl Server {
@@ -5289,6 +5303,7 @@ mod server {
                 limits,
                 open: AtomicUsize::new(0),
                 stopping: AtomicBool::new(false),
+                http_conns: Mutex::default(),
             })
         }
 
@@ -5348,6 +5363,12 @@ mod server {
         #[inline(never)]
         fn connection(&self, tcp: TcpStream, peer: SocketAddr) -> Option<Box<Upgraded>> {
             let tcp = Arc::new(tcp);
+            lock(&self.http_conns).insert(tcp.as_raw_fd(), tcp.clone());
+            let _listed = Listed(self, tcp.as_raw_fd());
+            if self.stopping.load(Ordering::Relaxed) {
+                refuse_busy(&tcp); // admitted as the shutdown began, after it looked
+                return None;
+            }
             let peer = peer.to_string();
             crate::name_after_peer(&peer);
             let mut buf = Vec::new();
@@ -5390,6 +5411,7 @@ mod server {
                     read_timeout: &mut read_timeout,
                 };
                 match self.route(&req, &mut conn) {
+                    Next::KeepAlive if self.stopping.load(Ordering::Relaxed) => return None,
                     Next::KeepAlive => {}
                     Next::Close => return None,
                     Next::WebSocket(ws) => return Some(ws),
@@ -5441,6 +5463,12 @@ mod server {
             log!(INFO, "shutting down: closing {} sessions", sessions.len());
             for s in &sessions {
                 s.close("server shutting down");
+            }
+            // Connections idle between requests end now; one that is serving a request
+            // finishes it and then closes (`connection`).
+            let listed: Vec<Arc<TcpStream>> = lock(&self.http_conns).values().cloned().collect();
+            for tcp in listed {
+                let _ = tcp.shutdown(Shutdown::Read);
             }
             let deadline = Instant::now() + self.cfg.shutdown_timeout;
             while Instant::now() < deadline && self.busy_connections() > 0 {

@@ -503,3 +503,26 @@ fn a_log_nobody_reads_any_more_takes_no_thread_down_and_sigterm_still_ends_the_s
     let status = server.wait_exit();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn a_keep_alive_connection_idle_between_requests_does_not_hold_the_shutdown() {
+    // A browser keeps the connection that loaded the page; a polling client keeps the one
+    // its last GET came on. Neither is a request under way: the exit must not wait for them
+    // (here up to a shutdown timeout far beyond the test's patience).
+    let mut server = Server::start(&["--shutdown-timeout", "600000"]);
+    let mut idle = TcpStream::connect(&server.addr).unwrap();
+    idle.set_read_timeout(Some(PATIENCE)).unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = [0u8; 512];
+    let n = idle.read(&mut answer).unwrap();
+    assert_eq!(status_of(&answer[..n]), 200);
+    server.signal("-TERM");
+    let status = server.wait_exit();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        idle.read(&mut answer).unwrap(),
+        0,
+        "the idle connection was closed"
+    );
+}
