@@ -5683,7 +5683,8 @@ fn main() {
         .spawn(move || {
             let sig = server::wait_for_signal(signals);
             log!(INFO, "signal {sig} received");
-            waiter.shutdown();
+            // A disconnect handler that panics must not leave a server SIGTERM cannot stop.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| waiter.shutdown()));
             std::process::exit(0);
         })
         .expect("the signals thread starts at boot, before any client");
