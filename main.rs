@@ -5532,6 +5532,31 @@ mod server {
         let _ = tcp.shutdown(std::net::Shutdown::Both);
     }
 
+    /// Raises the soft limit on open files to the hard one: a thread per connection holds a
+    /// descriptor each, and a desktop's default soft limit (1024 under systemd, whose hard
+    /// limit is 524288) would refuse connections long before `--max-connections`. Returns the
+    /// limits before and after, when it changed them.
+    pub fn raise_fd_limit() -> Option<(u64, u64)> {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit read and write the struct passed; nothing else.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return None;
+            }
+            // An unlimited hard limit is capped at the kernel's default `fs.nr_open`.
+            let most = lim.rlim_max.min(1 << 20);
+            if lim.rlim_cur >= most {
+                return None;
+            }
+            let before = lim.rlim_cur;
+            lim.rlim_cur = most;
+            (libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0).then_some((before, most))
+        }
+    }
+
     /// Blocks SIGINT and SIGTERM in the calling thread (and every thread it starts later), so
     /// that only `wait_for_signal` receives them.
     pub fn block_signals() -> libc::sigset_t {
@@ -5657,6 +5682,7 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let raised = server::raise_fd_limit();
     let listener = match server::bind(&cfg) {
         Ok(l) => l,
         Err(e) => {
@@ -5690,6 +5716,9 @@ fn main() {
         .expect("the signals thread starts at boot, before any client");
     // Logged once every thread of the server's own exists: the line means ready.
     log!(INFO, "listening on http://{addr}{profile}");
+    if let Some((before, now)) = raised {
+        log!(INFO, "open files limit raised from {before} to {now}");
+    }
     srv.run(listener);
 }
 

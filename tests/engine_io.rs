@@ -840,3 +840,19 @@ fn a_connection_thread_is_named_after_its_peer() {
         .collect();
     assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
 }
+
+#[test]
+fn the_soft_limit_on_open_files_is_raised_to_the_hard_one() {
+    // A desktop's default soft limit (1024) would refuse connections long before
+    // --max-connections; the server takes what the hard limit allows.
+    let mut server = Server::start_with_fd_limits(&[], 64, 256);
+    server.wait_log("open files limit raised from 64 to 256");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["256", "256"], "{open_files}");
+    server.assert_healthy();
+}

@@ -25,9 +25,15 @@ impl Server {
         Server::start_with(args, None, true)
     }
 
-    /// Starts the server with at most `fds` open file descriptors (RLIMIT_NOFILE).
+    /// Starts the server with at most `fds` open file descriptors (RLIMIT_NOFILE, soft and
+    /// hard: the server cannot raise it).
     pub fn start_with_fd_limit(args: &[&str], fds: u64) -> Server {
-        Server::start_with(args, Some(fds), true)
+        Server::start_with(args, Some((fds, fds)), true)
+    }
+
+    /// Starts the server with RLIMIT_NOFILE's soft limit `soft` and hard limit `hard`.
+    pub fn start_with_fd_limits(args: &[&str], soft: u64, hard: u64) -> Server {
+        Server::start_with(args, Some((soft, hard)), true)
     }
 
     /// Starts the server and closes the read end of its stderr after the first line, as
@@ -36,20 +42,20 @@ impl Server {
         Server::start_with(args, None, false)
     }
 
-    fn start_with(args: &[&str], fd_limit: Option<u64>, keep_log: bool) -> Server {
+    fn start_with(args: &[&str], fd_limit: Option<(u64, u64)>, keep_log: bool) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tinysio"));
         cmd.args(["--port", "0"])
             .args(args)
             .stderr(Stdio::piped())
             .stdout(Stdio::null());
-        if let Some(fds) = fd_limit {
+        if let Some((soft, hard)) = fd_limit {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
             unsafe {
                 cmd.pre_exec(move || {
                     let limit = libc::rlimit {
-                        rlim_cur: fds,
-                        rlim_max: fds,
+                        rlim_cur: soft,
+                        rlim_max: hard,
                     };
                     match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
                         0 => Ok(()),
