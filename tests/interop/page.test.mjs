@@ -27,9 +27,14 @@ after(async () => {
   await server.stop();
 });
 
+/** Console errors of each page opened (a failed load, a script error). */
+const consoleErrors = new Map();
 async function open(url) {
   const context = await browser.newContext({ viewport: { width: 1200, height: 800 } });
   const page = await context.newPage();
+  consoleErrors.set(page, []);
+  page.on("console", (m) => m.type() === "error" && consoleErrors.get(page).push(m.text()));
+  page.on("pageerror", (e) => consoleErrors.get(page).push(e.message));
   await page.goto(url);
   await connected(page);
   return page;
@@ -69,6 +74,7 @@ test("two people in one movie see each other's chat; a third in another sees not
   await say(carol, "anyone watching Alien?");
   await line(carol, "anyone watching Alien?");
   assert.equal(await carol.locator(".msg").count(), 1);
+  for (const page of [alice, bob, carol]) assert.deepEqual(consoleErrors.get(page), []);
   mkdirSync(ARTIFACTS, { recursive: true });
   await alice.screenshot({ path: ARTIFACTS + "page.png" });
   // Reload: the session cookie brings the name back (logged_in).
