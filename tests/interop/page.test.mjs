@@ -158,3 +158,20 @@ test("on a phone-sized screen, joining a movie brings its chat into view", { ski
   });
   await page.context().close();
 });
+
+test("a line for a room that is not shown counts on its tab until the tab is opened", { skip }, async () => {
+  const [amy, ben] = [await open(server.url + "/"), await open(server.url + "/")];
+  await name(amy, "amy");
+  await name(ben, "ben");
+  await join(amy, "Casablanca");
+  await join(amy, "The Third Man"); // shown now
+  await join(ben, "Casablanca");
+  await say(ben, "here's looking at you");
+  const tab = amy.locator(".tab", { hasText: "Casablanca" });
+  await tab.locator(".unread", { hasText: "1" }).waitFor();
+  await tab.click();
+  await line(amy, "here's looking at you");
+  assert.equal(await tab.locator(".unread").count(), 0);
+  await amy.context().close();
+  await ben.context().close();
+});
