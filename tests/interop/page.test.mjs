@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { execSync } from "node:child_process";
 import { mkdirSync } from "node:fs";
 import { chromium } from "playwright-core";
+import { io } from "socket.io-client";
 import { startServer } from "./server.mjs";
 
 const CHROMIUM = execSync("command -v chromium || true", { shell: "/bin/bash" }).toString().trim();
@@ -174,4 +175,24 @@ test("a line for a room that is not shown counts on its tab until the tab is ope
   assert.equal(await tab.locator(".unread").count(), 0);
   await amy.context().close();
   await ben.context().close();
+});
+
+test("a busy room keeps its last 500 lines on the page", { skip }, async () => {
+  const page = await open(server.url + "/");
+  await name(page, "reader");
+  await join(page, "Amélie");
+  const talker = io(server.url + "/movies", { forceNew: true, reconnection: false, transports: ["websocket"] });
+  try {
+    await new Promise((resolve) => talker.once("on_connect", resolve));
+    await talker.emitWithAck("identify", "talker");
+    await talker.emitWithAck("join", "Amélie");
+    for (let i = 1; i <= 520; i++) await talker.emitWithAck("chat", "Amélie", `line ${i}`);
+    await line(page, "line 520");
+    assert.equal(await page.locator("#log > *").count(), 500);
+    assert.equal(await page.locator(".msg .text", { hasText: /^line 21$/ }).count(), 1, "the oldest kept");
+    assert.equal(await page.locator(".msg .text", { hasText: /^line 20$/ }).count(), 0);
+  } finally {
+    talker.close();
+    await page.context().close();
+  }
 });
