@@ -5019,12 +5019,12 @@ mod app {
         ack_with(ack, json!({ "ok": false, "error": error }));
     }
 
-    /// Who is in a room: `{room, users, more}`, after `"ok": true` in an ack. `users` holds
+    /// Who is in a room: `{room, users, more}`. `users` holds
     /// the first `max` names in order (identified members only, each once), and `more`, present
     /// when names were left out, how many. Every change goes to every member, so the list is
     /// bounded as a chat line is: a room of n members would otherwise cost n lists of n names
     /// per join, and a client toggling join/leave could make each of its events megabytes.
-    fn presence(nsp: &Namespace, room: &str, max: usize, ack: bool) -> Value {
+    fn presence(nsp: &Namespace, room: &str, max: usize) -> serde_json::Map<String, Value> {
         let members = nsp.members(room);
         let users = lock(&USERS);
         let mut names: Vec<String> = members
@@ -5037,20 +5037,25 @@ mod app {
         let more = names.len().saturating_sub(max);
         names.truncate(max);
         let mut v = serde_json::Map::new();
-        if ack {
-            v.insert("ok".into(), true.into());
-        }
         v.insert("room".into(), room.into());
         v.insert("users".into(), names.into());
         if more > 0 {
             v.insert("more".into(), more.into());
         }
+        v
+    }
+
+    /// A presence list as an ack's answer: `"ok": true` first.
+    fn acked(list: &serde_json::Map<String, Value>) -> Value {
+        let mut v = serde_json::Map::new();
+        v.insert("ok".into(), true.into());
+        v.extend(list.clone());
         Value::Object(v)
     }
 
     fn announce(nsp: &Namespace, room: &str, max: usize) {
-        let list = presence(nsp, room, max, false);
-        nsp.to(room).emit("online", &Args::one(list));
+        let list = presence(nsp, room, max);
+        nsp.to(room).emit("online", &Args::one(Value::Object(list)));
     }
 
     fn now_ms() -> u64 {
@@ -5111,9 +5116,13 @@ mod app {
                 Ok(joined) => joined,
                 Err(e) => return refuse(ack, e),
             };
-            ack_with(ack, presence(&sock.nsp, &room, max_names, true));
+            // One list serves the joiner's ack and the room's announcement.
+            let list = presence(&sock.nsp, &room, max_names);
+            ack_with(ack, acked(&list));
             if joined {
-                announce(&sock.nsp, &room, max_names);
+                sock.nsp
+                    .to(&room)
+                    .emit("online", &Args::one(Value::Object(list)));
             }
         });
         nsp.on("leave", move |sock, args, ack| {
@@ -5149,7 +5158,7 @@ mod app {
         });
         nsp.on("online", move |sock, args, ack| {
             match clean(args.str(0), "room", 64) {
-                Ok(room) => ack_with(ack, presence(&sock.nsp, &room, max_names, true)),
+                Ok(room) => ack_with(ack, acked(&presence(&sock.nsp, &room, max_names))),
                 Err(e) => refuse(ack, e),
             }
         });

@@ -12,8 +12,8 @@ after(async () => {
 });
 
 const sockets = [];
-async function movies(opts = {}) {
-  const s = io(server.url + "/movies", { forceNew: true, reconnection: false, transports: ["websocket"], ...opts });
+async function movies(opts = {}, base = server.url) {
+  const s = io(base + "/movies", { forceNew: true, reconnection: false, transports: ["websocket"], ...opts });
   sockets.push(s);
   const [state] = await next(s, "on_connect");
   return [s, state];
@@ -148,9 +148,7 @@ test("a presence list carries at most --max-online-names names; `more` counts th
   const small = await startServer(["--max-online-names", "2"]);
   try {
     const [a, b, c] = await Promise.all(["cat", "abe", "bea"].map(async (name) => {
-      const s = io(small.url + "/movies", { forceNew: true, reconnection: false, transports: ["websocket"] });
-      sockets.push(s);
-      await next(s, "on_connect");
+      const [s] = await movies({}, small.url);
       await ask(s, "identify", name);
       return s;
     }));
