@@ -200,7 +200,7 @@ mod config {
         ),
         (
             "spin-us",
-            "30",
+            "60",
             "µs a connection's thread polls its socket for the next message or request before it blocks, while connections are fewer than CPUs (0: never)",
         ),
     ];
