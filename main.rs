@@ -5053,8 +5053,8 @@ mod app {
         Value::Object(v)
     }
 
-    fn announce(nsp: &Namespace, room: &str, max: usize) {
-        let list = presence(nsp, room, max);
+    /// Sends a room its presence list (`online`).
+    fn announce(nsp: &Namespace, room: &str, list: serde_json::Map<String, Value>) {
         nsp.to(room).emit("online", &Args::one(Value::Object(list)));
     }
 
@@ -5103,7 +5103,7 @@ mod app {
                 rooms.sort();
                 rooms.dedup();
                 for room in rooms {
-                    announce(&sock.nsp, &room, max_names);
+                    announce(&sock.nsp, &room, presence(&sock.nsp, &room, max_names));
                 }
             }
         });
@@ -5120,9 +5120,7 @@ mod app {
             let list = presence(&sock.nsp, &room, max_names);
             ack_with(ack, acked(&list));
             if joined {
-                sock.nsp
-                    .to(&room)
-                    .emit("online", &Args::one(Value::Object(list)));
+                announce(&sock.nsp, &room, list);
             }
         });
         nsp.on("leave", move |sock, args, ack| {
@@ -5134,7 +5132,7 @@ mod app {
                 return refuse(ack, format!("not in room {room}"));
             }
             ack_with(ack, json!({ "ok": true, "room": room }));
-            announce(&sock.nsp, &room, max_names);
+            announce(&sock.nsp, &room, presence(&sock.nsp, &room, max_names));
         });
         nsp.on("chat", |sock, args, ack| {
             let Some(from) = username(sock) else {
@@ -5164,7 +5162,7 @@ mod app {
         });
         nsp.on_disconnect(move |sock, _reason| {
             for room in sock.rooms() {
-                announce(&sock.nsp, &room, max_names);
+                announce(&sock.nsp, &room, presence(&sock.nsp, &room, max_names));
             }
         });
         nsp
