@@ -5019,11 +5019,11 @@ mod app {
         ack_with(ack, json!({ "ok": false, "error": error }));
     }
 
-    /// Who is in a room: `{room, users, more}`. `users` holds
-    /// the first `max` names in order (identified members only, each once), and `more`, present
-    /// when names were left out, how many. Every change goes to every member, so the list is
-    /// bounded as a chat line is: a room of n members would otherwise cost n lists of n names
-    /// per join, and a client toggling join/leave could make each of its events megabytes.
+    /// Who is in a room: `{room, users, more}`. `users` holds the first `max` names in order
+    /// (identified members only, each once), and `more`, present when names were left out, how
+    /// many. Every change goes to every member, so the list is bounded as a chat line is: a
+    /// room of n members would otherwise cost n lists of n names per join, and a client
+    /// toggling join/leave could make each of its events megabytes.
     fn presence(nsp: &Namespace, room: &str, max: usize) -> serde_json::Map<String, Value> {
         let members = nsp.members(room);
         let users = lock(&USERS);
@@ -5091,7 +5091,8 @@ mod app {
             log!(INFO, "Identify: {name}");
             ack_with(ack, json!({ "ok": true, "username": name }));
             // The rooms hear of a change only: a repeated identify costs them nothing. The
-            // name is the session's, so the rooms of its other sockets (other tabs) hear too.
+            // name is the session's, so the rooms of its other sockets (other tabs) hear too;
+            // finding those is a pass over the namespace's sockets, paid per rename only.
             if before.as_deref() != Some(name.as_str()) {
                 let mut rooms: Vec<String> = sock
                     .nsp
