@@ -41,19 +41,40 @@ fn args() -> Args {
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     for pair in argv.chunks(2) {
-        let v = pair.get(1).cloned().unwrap_or_default();
-        match pair[0].as_str() {
+        let flag = pair[0].as_str();
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let Some(v) = pair.get(1).cloned() else {
+            usage(&format!("{flag} needs a value"))
+        };
+        match flag {
             "--addr" => a.addr = v,
-            "--pid" => a.pid = v.parse().unwrap_or(0),
+            "--pid" => a.pid = number(flag, &v),
             "--server" => a.server = v,
             "--scenario" => a.scenario = v,
             "--transport" => a.transport = v,
-            "--clients" => a.clients = v.parse().unwrap_or(10),
-            "--seconds" => a.seconds = v.parse().unwrap_or(10),
-            other => panic!("unknown argument {other}"),
+            "--clients" => a.clients = number(flag, &v),
+            "--seconds" => a.seconds = number(flag, &v),
+            other => usage(&format!("unknown argument {other}")),
         }
     }
     a
+}
+
+fn number<T: std::str::FromStr>(flag: &str, v: &str) -> T {
+    v.parse().unwrap_or_else(|_| usage(&format!("{flag}: not a number: {v}")))
+}
+
+const USAGE: &str = "usage: tinysio-loadgen [--addr HOST:PORT] [--pid SERVER_PID] [--server NAME]
+       [--scenario echo|broadcast|connect] [--transport websocket|polling|sse]
+       [--clients N] [--seconds S]   (bench/run.sh calls it; see README, Performance)";
+
+/// A wrong argument would silently measure something else: say what was wrong, and how to call.
+fn usage(why: &str) -> ! {
+    eprintln!("tinysio-loadgen: {why}\n{USAGE}");
+    std::process::exit(2)
 }
 
 // ── The server process, from /proc.
