@@ -5,6 +5,8 @@ mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 struct Rng(u64);
 impl Rng {
@@ -525,4 +527,401 @@ fn a_keep_alive_connection_idle_between_requests_does_not_hold_the_shutdown() {
         0,
         "the idle connection was closed"
     );
+}
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len())]
+    }
+    /// 1 to `max` random bytes.
+    fn junk(&mut self, max: usize) -> Vec<u8> {
+        let n = 1 + self.below(max);
+        self.bytes(n)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+/// Events and arguments the chaos clients below draw from: every handler of `/` and `/movies`,
+/// with arguments of the right shape and of wrong ones.
+const EVENTS: &[&str] = &[
+    "message",
+    "message-with-ack",
+    "server-ack",
+    "emit-with-ack",
+    "disconnect-me",
+    "broadcast",
+    "identify",
+    "join",
+    "leave",
+    "chat",
+    "online",
+    "connect",
+    "",
+];
+const ARGS: &[&str] = &[
+    "\"Alien\"",
+    "\"Heat\"",
+    "\"ada\"",
+    "5",
+    "50",
+    "null",
+    "{\"a\":[1]}",
+    "[1000,\"x\"]",
+    "\"\"",
+    "-0",
+    "1e400",
+    "\"\\u0000\\ud800\"",
+    "\"é☃\"",
+    "{\"_placeholder\":true,\"num\":0}",
+];
+
+/// A Socket.IO packet: mostly well-formed, for `/`, `/movies` or a namespace that is not there.
+fn sio_packet(rng: &mut Rng) -> String {
+    let nsp = rng.pick(&["", "", "/movies,", "/movies,", "/nope,"]);
+    let ack = if rng.chance(60) {
+        rng.below(20).to_string()
+    } else {
+        String::new()
+    };
+    let args: Vec<&str> = (0..rng.below(4)).map(|_| rng.pick(ARGS)).collect();
+    let event = format!("\"{}\"", rng.pick(EVENTS));
+    let list = [vec![event.as_str()], args].concat().join(",");
+    let packet = match rng.below(10) {
+        0 => format!("0{nsp}"),
+        1 => format!("1{nsp}"),
+        2 => format!("3{nsp}{}[{}]", rng.below(20), rng.pick(ARGS)),
+        3 => format!("51-{nsp}{ack}[{list},{{\"_placeholder\":true,\"num\":0}}]"),
+        _ => format!("2{nsp}{ack}[{list}]"),
+    };
+    if !rng.chance(10) {
+        return packet;
+    }
+    // Now and then a piece of junk at a random place.
+    let at = packet
+        .char_indices()
+        .map(|(i, _)| i)
+        .nth(rng.below(packet.chars().count()))
+        .unwrap_or(0);
+    let junk = rng.pick(&["\u{1e}", "{", "]", "99999999999999999999", "\0", "-", "/"]);
+    format!("{}{junk}{}", &packet[..at], &packet[at..])
+}
+
+/// An Engine.IO packet: mostly a Socket.IO message, else any other type, known or not.
+fn eio_packet(rng: &mut Rng) -> String {
+    if rng.chance(85) {
+        return format!("4{}", sio_packet(rng));
+    }
+    let other = [
+        "2", "3", "3probe", "2probe", "5", "6", "1", "0", "7", "", "bAQID", "b!!",
+    ];
+    rng.pick(&other).to_string()
+}
+
+fn eio_payload(rng: &mut Rng) -> String {
+    (0..1 + rng.below(5))
+        .map(|_| eio_packet(rng))
+        .collect::<Vec<_>>()
+        .join("\u{1e}")
+}
+
+/// Writes `bytes` on a fresh connection and reads what comes back until the server closes or
+/// `wait` passes with nothing new; no outcome is an error here.
+fn exchange(addr: &str, bytes: &[u8], wait: Duration) -> Vec<u8> {
+    let Ok(mut tcp) = TcpStream::connect(addr) else {
+        return Vec::new();
+    };
+    let _ = tcp.write_all(bytes);
+    drain(&mut tcp, wait)
+}
+
+fn drain(tcp: &mut TcpStream, wait: Duration) -> Vec<u8> {
+    let _ = tcp.set_read_timeout(Some(wait));
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 16384];
+    while let Ok(n @ 1..) = tcp.read(&mut chunk) {
+        out.extend_from_slice(&chunk[..n]);
+    }
+    out
+}
+
+fn request_bytes(method: &str, path_and_query: &str, extra: &str, body: &[u8]) -> Vec<u8> {
+    let head = format!(
+        "{method} {path_and_query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    [head.as_bytes(), body].concat()
+}
+
+fn sid_in(answer: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(answer);
+    let rest = text.split("\"sid\":\"").nth(1)?;
+    Some(rest.split('"').next()?.to_string())
+}
+
+/// A WebSocket upgrade written by hand, to `sid`'s session or a new one; its answer unread.
+fn ws_upgrade(addr: &str, sid: Option<&str>) -> Option<TcpStream> {
+    let mut tcp = TcpStream::connect(addr).ok()?;
+    let sid = sid.map_or(String::new(), |s| format!("&sid={s}"));
+    let head = format!(
+        "GET /socket.io/?EIO=4&transport=websocket{sid} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).ok()?;
+    Some(tcp)
+}
+
+const BRIEF: Duration = Duration::from_millis(20);
+
+/// One chaos client: sessions over polling (upgrades among them, half done or whole),
+/// WebSocket and SSE, each sending random packets, plus requests that are not Engine.IO at all.
+/// Now and then it acts on another client's session (`sids` is shared).
+fn chaos_client(addr: &str, seed: u64, episodes: usize, sids: &Mutex<Vec<String>>) {
+    let mut rng = Rng(seed);
+    for _ in 0..episodes {
+        let other = {
+            let sids = sids.lock().unwrap();
+            sids.get(rng.below(sids.len().max(1)))
+                .cloned()
+                .unwrap_or_default()
+        };
+        match rng.below(10) {
+            0..=3 => {
+                let open = request_bytes("GET", "/socket.io/?EIO=4&transport=polling", "", b"");
+                let Some(sid) = sid_in(&exchange(addr, &open, PATIENCE)) else {
+                    continue;
+                };
+                sids.lock().unwrap().push(sid.clone());
+                for _ in 0..1 + rng.below(7) {
+                    let target = if rng.chance(90) { &sid } else { &other };
+                    let q = format!("/socket.io/?EIO=4&transport=polling&sid={target}");
+                    match rng.below(6) {
+                        0..=2 => {
+                            let post =
+                                request_bytes("POST", &q, "", eio_payload(&mut rng).as_bytes());
+                            exchange(addr, &post, PATIENCE);
+                        }
+                        3 | 4 => {
+                            let wait = Duration::from_millis(1 + rng.below(200) as u64);
+                            exchange(addr, &request_bytes("GET", &q, "", b""), wait);
+                        }
+                        _ => {
+                            let Some(mut ws) = ws_upgrade(addr, Some(target)) else {
+                                continue;
+                            };
+                            let mut frames = masked_frame(0x81, b"2probe");
+                            if rng.chance(70) {
+                                frames.extend(masked_frame(0x81, b"5"));
+                            }
+                            for _ in 0..rng.below(4) {
+                                frames.extend(masked_frame(0x81, eio_packet(&mut rng).as_bytes()));
+                            }
+                            let _ = ws.write_all(&frames);
+                            drain(&mut ws, BRIEF);
+                        }
+                    }
+                }
+            }
+            4..=7 => {
+                let Some(mut ws) = ws_upgrade(addr, None) else {
+                    continue;
+                };
+                for _ in 0..1 + rng.below(12) {
+                    let text = eio_packet(&mut rng);
+                    let bytes = match rng.below(12) {
+                        0..=6 => masked_frame(0x81, text.as_bytes()),
+                        7 => {
+                            // Fragmented, with a ping between the fragments.
+                            let cut = text.len() / 2;
+                            let (a, b) = text.as_bytes().split_at(cut);
+                            [
+                                masked_frame(0x01, a),
+                                masked_frame(0x89, b""),
+                                masked_frame(0x80, b),
+                            ]
+                            .concat()
+                        }
+                        8 => masked_frame(
+                            [0x82, 0x83, 0x88, 0x89, 0x8a, 0x80, 0x8f][rng.below(7)],
+                            &rng.junk(30),
+                        ),
+                        9 => [
+                            &[0x81, text.len().min(125) as u8][..],
+                            &text.as_bytes()[..text.len().min(125)],
+                        ]
+                        .concat(),
+                        10 => rng.junk(40),
+                        _ => [
+                            masked_frame(
+                                0x81,
+                                b"451-[\"message\",{\"_placeholder\":true,\"num\":0}]",
+                            ),
+                            masked_frame(0x82, &rng.bytes(10)),
+                        ]
+                        .concat(),
+                    };
+                    let _ = ws.write_all(&bytes);
+                    if rng.chance(50) {
+                        drain(&mut ws, Duration::from_millis(2));
+                    }
+                }
+                if rng.chance(50) {
+                    let _ = ws.shutdown(std::net::Shutdown::Write);
+                }
+                drain(&mut ws, BRIEF);
+            }
+            8 => {
+                let Ok(mut stream) = TcpStream::connect(addr) else {
+                    continue;
+                };
+                let resume = format!("Last-Event-ID: {}\r\n", rng.below(40));
+                let open = request_bytes(
+                    "GET",
+                    "/socket.io/?EIO=4&transport=sse",
+                    if rng.chance(20) { &resume } else { "" },
+                    b"",
+                );
+                let _ = stream.write_all(&open);
+                let Some(sid) = sid_in(&drain(&mut stream, Duration::from_millis(100))) else {
+                    continue;
+                };
+                let q = format!("/socket.io/?EIO=4&transport=sse&sid={sid}");
+                for _ in 0..1 + rng.below(5) {
+                    let post = request_bytes("POST", &q, "", eio_payload(&mut rng).as_bytes());
+                    exchange(addr, &post, PATIENCE);
+                }
+                if rng.chance(30) {
+                    drop(stream);
+                    exchange(addr, &request_bytes("GET", &q, &resume, b""), BRIEF);
+                } else {
+                    drain(&mut stream, BRIEF);
+                }
+            }
+            _ => {
+                let q = format!("/socket.io/?EIO=4&transport=polling&sid={other}");
+                let requests = [
+                    request_bytes("GET", "/socket.io/?EIO=3&transport=polling", "", b""),
+                    request_bytes("GET", &format!("{q}&sid=x"), "", b""),
+                    request_bytes(
+                        "POST",
+                        &q,
+                        "Transfer-Encoding: chunked\r\n",
+                        b"5\r\n40/mo\r\n0\r\n\r\n",
+                    ),
+                    request_bytes("OPTIONS", &q, "Origin: http://elsewhere\r\n", b""),
+                    request_bytes("GET", "/%zz%00?%%%", "", b""),
+                    request_bytes(
+                        "GET",
+                        &q.replace("polling", "websocket"),
+                        "Upgrade: websocket\r\n",
+                        b"",
+                    ),
+                    rng.junk(200),
+                ];
+                exchange(addr, &requests[rng.below(requests.len())], BRIEF);
+            }
+        }
+    }
+}
+
+#[test]
+fn random_traffic_on_every_transport_leaves_no_thread_or_session_behind() {
+    // Short timeouts so that every abandoned session ends soon; small limits so that the
+    // traffic reaches them; a small send buffer so that writer threads start.
+    let mut server = Server::start(&[
+        "--ping-interval",
+        "1000",
+        "--ping-timeout",
+        "1000",
+        "--connect-timeout",
+        "500",
+        "--idle-timeout",
+        "1000",
+        "--header-timeout",
+        "500",
+        "--max-queue-packets",
+        "32",
+        "--max-pending-acks",
+        "4",
+        "--max-rooms",
+        "3",
+        "--max-namespaces",
+        "2",
+        "--max-packets",
+        "8",
+        "--sse-replay",
+        "8",
+        "--socket-send-buffer",
+        "4096",
+    ]);
+    let before = server.threads_and_fds();
+    let sids = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..8u64)
+        .map(|i| {
+            let (addr, sids) = (server.addr.clone(), sids.clone());
+            std::thread::spawn(move || chaos_client(&addr, 0x9e37_79b9 + i, 100, &sids))
+        })
+        .collect();
+
+    // Meanwhile a normal client, in a room of its own, stays connected and keeps seeing its
+    // own chat.
+    let mut ws = ws_in(&server.addr, "/movies");
+    ws_send(&mut ws, "42/movies,1[\"identify\",\"survivor\"]");
+    ws_until(&mut ws, |t| t.starts_with("43/movies,1"));
+    ws_send(&mut ws, "42/movies,2[\"join\",\"Quiet Room\"]");
+    ws_until(&mut ws, |t| t.starts_with("43/movies,2"));
+    let mut round = 0;
+    while round == 0 || clients.iter().any(|c| !c.is_finished()) {
+        let text = format!("round {round}");
+        ws_send(
+            &mut ws,
+            &format!("42/movies,[\"chat\",\"Quiet Room\",\"{text}\"]"),
+        );
+        ws_until(&mut ws, |t| t.contains("\"chat\"") && t.contains(&text));
+        round += 1;
+    }
+    drop(ws);
+    for c in clients {
+        c.join().unwrap();
+    }
+
+    // Every session ends at a timeout at the latest: no session, thread or fd outlives it.
+    let settled = || {
+        // Counted before the request, whose own thread may still be ending after it.
+        let threads_and_fds = server.threads_and_fds();
+        let (status, _, body) = http(&server.addr, "GET", "/health", &[], b"");
+        let health = String::from_utf8_lossy(&body).into_owned();
+        (status, health, threads_and_fds)
+    };
+    let deadline = Instant::now() + PATIENCE;
+    let mut now = settled();
+    while (now.0 != 200 || !now.1.contains("\"sessions\":0") || now.2 != before)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+        now = settled();
+    }
+    eprintln!(
+        "DBG settled in {:?}",
+        PATIENCE - (deadline - Instant::now())
+    );
+    assert_eq!(now.0, 200);
+    assert!(now.1.contains("\"sessions\":0"), "{}", now.1);
+    assert_eq!(now.2, before, "threads and fds back to where they started");
+    // The traffic reached sessions on every transport, upgrades among them.
+    let log = server.log_text();
+    for reached in [
+        " polling from ",
+        " websocket from ",
+        " sse from ",
+        "upgrade ",
+    ] {
+        assert!(log.contains(reached), "no {reached:?} in the log");
+    }
+    server.assert_healthy();
 }

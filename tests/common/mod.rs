@@ -407,9 +407,13 @@ pub fn ws_until(ws: &mut Ws, pred: impl Fn(&str) -> bool) -> String {
     }
 }
 
-/// A client's WebSocket frame (masked), `first` being the FIN/opcode byte; payload under 126 bytes.
+/// A client's WebSocket frame (masked), `first` being the FIN/opcode byte; payload under 64 KiB.
 pub fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![first, 0x80 | payload.len() as u8, 1, 2, 3, 4];
+    let mut f = match payload.len() {
+        n @ 0..=125 => vec![first, 0x80 | n as u8],
+        n => [[first, 0x80 | 126].as_slice(), &(n as u16).to_be_bytes()].concat(),
+    };
+    f.extend([1, 2, 3, 4]);
     f.extend(
         payload
             .iter()
