@@ -832,6 +832,7 @@ mod sio {
     //! Socket.IO v5 codec: `<type>[<n>-][<nsp>,][<id>][<json>]`, strictly checked. Pure: never
     //! touches a socket or a session.
     use serde_json::Value;
+    use std::borrow::Cow;
     use std::fmt;
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -953,6 +954,48 @@ mod sio {
         deepest
     }
 
+    /// `json` with each lone UTF-16 surrogate escape replaced by `\ufffd`: JavaScript's
+    /// `JSON.stringify` writes one for a string cut inside an emoji (`"ab😀".slice(0, 3)` is
+    /// `"ab\ud83d"`). The JSON is valid, but a Rust string cannot hold the half, so serde_json
+    /// refuses it; U+FFFD is what a UTF-8 encoder (a browser's too) makes of it. Pairs stay.
+    fn lone_surrogates_replaced(json: &str) -> Cow<'_, str> {
+        let b = json.as_bytes();
+        if !b.contains(&b'\\') {
+            return Cow::Borrowed(json);
+        }
+        // The surrogate a `\uXXXX` escape at `at` stands for, if it stands for one.
+        let surrogate_at = |at: usize| -> Option<u16> {
+            let hex = b.get(at..at + 6).filter(|e| e.starts_with(b"\\u"))?;
+            let hex = std::str::from_utf8(&hex[2..]).ok()?;
+            let unit = u16::from_str_radix(hex, 16).ok()?;
+            (0xD800..=0xDFFF).contains(&unit).then_some(unit)
+        };
+        let (mut out, mut copied, mut i) = (String::new(), 0, 0);
+        while i < b.len() {
+            if b[i] != b'\\' {
+                i += 1;
+                continue;
+            }
+            match surrogate_at(i) {
+                Some(0xD800..=0xDBFF) if matches!(surrogate_at(i + 6), Some(0xDC00..=0xDFFF)) => {
+                    i += 12
+                }
+                Some(_) => {
+                    out.push_str(&json[copied..i]);
+                    out.push_str("\\ufffd");
+                    i += 6;
+                    copied = i;
+                }
+                None => i += 2, // another escape: its character is not a backslash
+            }
+        }
+        if copied == 0 {
+            return Cow::Borrowed(json);
+        }
+        out.push_str(&json[copied..]);
+        Cow::Owned(out)
+    }
+
     pub fn decode(text: &str, limits: Limits) -> Result<Packet, DecodeError> {
         let max_attachments = limits.attachments;
         let bytes = text.as_bytes();
@@ -1004,7 +1047,7 @@ mod sio {
         let data = match &text[i..] {
             "" => None,
             json => Some(
-                serde_json::from_str::<Value>(json)
+                serde_json::from_str::<Value>(&lone_surrogates_replaced(json))
                     .map_err(|e| DecodeError::BadJson(e.to_string()))?,
             ),
         };
@@ -1293,6 +1336,31 @@ mod sio {
                 encode(&p, &mut out);
                 assert_eq!(decode(std::str::from_utf8(&out).unwrap(), LIMITS), Ok(p));
             }
+        }
+
+        /// A JavaScript string cut inside an emoji arrives as a lone surrogate escape.
+        #[test]
+        fn lone_surrogates_become_replacement_characters_and_pairs_stay() {
+            let text = |packet: &str| {
+                let p = decode(packet, LIMITS).unwrap();
+                p.data.unwrap()[1].as_str().unwrap().to_string()
+            };
+            assert_eq!(text(r#"2["m","ab\ud83d"]"#), "ab\u{fffd}");
+            assert_eq!(
+                text(r#"2["m","\uDE00x\ud83d\ud83d\ude00"]"#),
+                "\u{fffd}x\u{fffd}😀"
+            );
+            assert_eq!(text(r#"2["m","\ud83d\n"]"#), "\u{fffd}\n");
+            assert_eq!(text(r#"2["m","\ud83d\ude00"]"#), "😀");
+            // An escaped backslash before `ud83d` is text, not an escape.
+            assert_eq!(text(r#"2["m","\\ud83d"]"#), "\\ud83d");
+            assert!(matches!(
+                lone_surrogates_replaced(r#"["m","\\ud83d\"\u00e9"]"#),
+                Cow::Borrowed(_)
+            ));
+            // Broken escapes are still refused, by the parser.
+            assert!(decode(r#"2["m","\ud8"]"#, LIMITS).is_err());
+            assert!(decode(r#"2["m","\ud83"#, LIMITS).is_err());
         }
 
         #[test]

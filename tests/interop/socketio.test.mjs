@@ -126,6 +126,21 @@ test("two namespaces on one connection", async () => {
   assert.deepEqual(await next(root, "message-back"), ["still here"]);
 });
 
+test("a string cut inside an emoji (a lone surrogate) comes back with U+FFFD, the session open", async () => {
+  for (const transports of [["websocket"], ["polling"]]) {
+    const s = client("/", { transports, upgrade: false });
+    await next(s, "connect");
+    const cut = "ab😀".slice(0, 3); // "ab\ud83d": JSON.stringify sends the half as an escape
+    const acked = await Promise.race([
+      new Promise((resolve) => s.emit("message-with-ack", cut, "😀", (...a) => resolve(a))),
+      next(s, "disconnect").then(([reason]) => assert.fail(`${transports}: disconnected (${reason})`)),
+    ]);
+    assert.deepEqual(acked, ["ab\ufffd", "😀"]);
+    s.emit("message", "still open");
+    assert.deepEqual(await next(s, "message-back"), ["still open"]);
+  }
+});
+
 test("unknown namespace gets Invalid namespace", async () => {
   const s = client("/random", { transports: ["websocket"] });
   const [err] = await next(s, "connect_error");
