@@ -667,6 +667,7 @@ fn sid_in(answer: &[u8]) -> Option<String> {
 /// A WebSocket upgrade written by hand, to `sid`'s session or a new one; its answer unread.
 fn ws_upgrade(addr: &str, sid: Option<&str>) -> Option<TcpStream> {
     let mut tcp = TcpStream::connect(addr).ok()?;
+    tcp.set_write_timeout(Some(PATIENCE)).ok()?;
     let sid = sid.map_or(String::new(), |s| format!("&sid={s}"));
     let head = format!(
         "GET /socket.io/?EIO=4&transport=websocket{sid} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
@@ -731,6 +732,17 @@ fn chaos_client(addr: &str, seed: u64, episodes: usize, sids: &Mutex<Vec<String>
                 let Some(mut ws) = ws_upgrade(addr, None) else {
                     continue;
                 };
+                if rng.chance(15) {
+                    // A slow reader: a small receive buffer and echoes of 8 KiB it does not
+                    // read, so that the server's sends find the socket full.
+                    shrink_receive_buffer(&ws);
+                    let echo = format!("42[\"message\",\"{}\"]", "x".repeat(8000));
+                    let mut frames = masked_frame(0x81, b"40");
+                    for _ in 0..1 + rng.below(40) {
+                        frames.extend(masked_frame(0x81, echo.as_bytes()));
+                    }
+                    let _ = ws.write_all(&frames);
+                }
                 for _ in 0..1 + rng.below(12) {
                     let text = eio_packet(&mut rng);
                     let bytes = match rng.below(12) {

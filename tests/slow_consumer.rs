@@ -2,7 +2,6 @@
 //! get everything, in order; the slow one is closed with its reason logged.
 mod common;
 use common::*;
-use std::os::fd::AsRawFd;
 
 const MESSAGES: usize = 1000;
 const READERS: usize = 100;
@@ -49,17 +48,7 @@ fn a_slow_consumer_is_closed_and_blocks_no_one() {
         .collect();
     // The slow one joins, shrinks its receive buffer, and never reads again.
     let slow = join_bench(&server.addr);
-    let small: libc::c_int = 4096;
-    // SAFETY: setsockopt on a live socket with a valid int.
-    unsafe {
-        libc::setsockopt(
-            slow.get_ref().as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&small as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    shrink_receive_buffer(slow.get_ref());
     let mut sender = join_bench(&server.addr);
     ws_send(&mut sender, "42/movies,2[\"identify\",\"sender\"]");
     ws_until(&mut sender, |t| t.starts_with("43/movies,2"));

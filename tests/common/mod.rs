@@ -423,6 +423,23 @@ pub fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// Shrinks a client socket's receive buffer to 4 KiB, so that a client that stops reading
+/// fills the server's send path soon.
+pub fn shrink_receive_buffer(tcp: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let small: libc::c_int = 4096;
+    // SAFETY: setsockopt on a live socket with a valid int.
+    unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&small as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 pub fn ws_send(ws: &mut Ws, text: &str) {
     ws.send(Message::text(text)).unwrap();
 }
