@@ -958,11 +958,9 @@ mod sio {
     /// `JSON.stringify` writes one for a string cut inside an emoji (`"ab😀".slice(0, 3)` is
     /// `"ab\ud83d"`). The JSON is valid, but a Rust string cannot hold the half, so serde_json
     /// refuses it; U+FFFD is what a UTF-8 encoder (a browser's too) makes of it. Pairs stay.
+    /// Run only on text serde_json refused, so a valid packet never pays for it.
     fn lone_surrogates_replaced(json: &str) -> Cow<'_, str> {
         let b = json.as_bytes();
-        if !b.contains(&b'\\') {
-            return Cow::Borrowed(json);
-        }
         // The surrogate a `\uXXXX` escape at `at` stands for, if it stands for one.
         let surrogate_at = |at: usize| -> Option<u16> {
             let hex = b.get(at..at + 6).filter(|e| e.starts_with(b"\\u"))?;
@@ -1047,7 +1045,12 @@ mod sio {
         let data = match &text[i..] {
             "" => None,
             json => Some(
-                serde_json::from_str::<Value>(&lone_surrogates_replaced(json))
+                serde_json::from_str::<Value>(json)
+                    .or_else(|e| match lone_surrogates_replaced(json) {
+                        // Only text serde_json refused is searched for surrogates to mend.
+                        Cow::Owned(mended) => serde_json::from_str(&mended),
+                        Cow::Borrowed(_) => Err(e),
+                    })
                     .map_err(|e| DecodeError::BadJson(e.to_string()))?,
             ),
         };
