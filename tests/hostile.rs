@@ -37,14 +37,8 @@ fn status_of(answer: &[u8]) -> u16 {
 
 /// A WebSocket after a hand-made handshake, for writing frames no library would.
 fn raw_ws(addr: &str) -> TcpStream {
-    let mut tcp = TcpStream::connect(addr).unwrap();
+    let mut tcp = ws_upgrade(addr, None).unwrap();
     tcp.set_read_timeout(Some(PATIENCE)).unwrap();
-    write!(
-        tcp,
-        "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -664,7 +658,8 @@ fn sid_in(answer: &[u8]) -> Option<String> {
     Some(rest.split('"').next()?.to_string())
 }
 
-/// A WebSocket upgrade written by hand, to `sid`'s session or a new one; its answer unread.
+/// A WebSocket upgrade written by hand, to `sid`'s session or a new one; its answer unread
+/// (`raw_ws` reads it).
 fn ws_upgrade(addr: &str, sid: Option<&str>) -> Option<TcpStream> {
     let mut tcp = TcpStream::connect(addr).ok()?;
     tcp.set_write_timeout(Some(PATIENCE)).ok()?;
