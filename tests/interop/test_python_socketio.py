@@ -1,6 +1,7 @@
 """Interop with the official python-socketio Client (PROTOCOL.md §2 and the §4 echo service)."""
 import os
 import queue
+import random
 import re
 import subprocess
 import threading
@@ -115,3 +116,53 @@ def test_unknown_namespace_is_refused(server):
     with pytest.raises(socketio.exceptions.ConnectionError, match="Invalid namespace|One or more namespaces failed"):
         client.connect(server, namespaces=["/random"], transports=["websocket"], wait_timeout=WAIT)
     client.disconnect()
+
+
+def random_args(rng):
+    """Seeded arguments of every kind python-socketio sends: strings with astral characters,
+    lone surrogates and NUL, integers of 64 bits, floats at the extremes, bytes at any depth,
+    nested lists and dicts."""
+    pieces = ["a", "é", "😀", "\ud83d", "\ude00", "\u2028", "\x00", '"', "\\", "\U0010ffff"]
+
+    def text():
+        return "".join(rng.choice(pieces) for _ in range(rng.randrange(6)))
+
+    def value(depth):
+        kind = rng.randrange(4 if depth > 3 else 6)
+        if kind == 0:
+            return text()
+        if kind == 1:
+            return rng.choice([0, 1, -1, 2**53 + 1, -(2**63), 2**64 - 1, 1e21, 5e-324, 1.7976931348623157e308, 0.1])
+        if kind == 2:
+            return rng.choice([True, False, None])
+        if kind == 3:
+            return text().encode("utf-8", "surrogatepass")
+        if kind == 4:
+            return [value(depth + 1) for _ in range(rng.randrange(4))]
+        return {rng.choice(["a", "", "10", "😀", text()]): value(depth + 1) for _ in range(rng.randrange(4))}
+
+    return tuple(value(0) for _ in range(1 + rng.randrange(3)))
+
+
+def as_sent(v):
+    """What JSON and UTF-8 make of a value on its way: a lone surrogate becomes U+FFFD."""
+    if isinstance(v, str):
+        return v.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(v, (list, tuple)):
+        return [as_sent(x) for x in v]
+    if isinstance(v, dict):
+        return {as_sent(k): as_sent(x) for k, x in v.items()}
+    return v
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+def test_random_arguments_come_back_from_the_echo_as_sent(server, transport):
+    client, _ = connect(server, transport)
+    try:
+        for seed in range(100):
+            args = random_args(random.Random(seed))
+            acked = client.call("message-with-ack", args, timeout=WAIT)
+            acked = acked if isinstance(acked, tuple) else (acked,)
+            assert as_sent(acked) == as_sent(args), f"seed {seed}"
+    finally:
+        client.disconnect()
