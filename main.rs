@@ -5108,8 +5108,23 @@ mod app {
         lock(&USERS).get(&sock.user).map(|u| u.username.clone())
     }
 
-    /// Trimmed; 1..=max characters; no control characters.
+    /// A name or a room: trimmed; 1..=max characters; no control characters.
     fn clean(text: Option<&str>, what: &str, max: usize) -> Result<String, String> {
+        clean_allowing(text, what, max, &[])
+    }
+
+    /// A chat line: as `clean`, but it may hold line breaks and tabs (`\r` too: a client that
+    /// sends `\r\n` is not refused for it).
+    fn clean_text(text: Option<&str>, max: usize) -> Result<String, String> {
+        clean_allowing(text, "text", max, &['\n', '\r', '\t'])
+    }
+
+    fn clean_allowing(
+        text: Option<&str>,
+        what: &str,
+        max: usize,
+        allowed: &[char],
+    ) -> Result<String, String> {
         let text = text.ok_or(format!("{what} must be a string"))?.trim();
         if text.is_empty() {
             return Err(format!("{what} is empty"));
@@ -5117,7 +5132,10 @@ mod app {
         if text.chars().count() > max {
             return Err(format!("{what} is longer than {max} characters"));
         }
-        if text.chars().any(char::is_control) {
+        if text
+            .chars()
+            .any(|c| c.is_control() && !allowed.contains(&c))
+        {
             return Err(format!("{what} holds control characters"));
         }
         Ok(text.to_string())
@@ -5254,7 +5272,7 @@ mod app {
             if !sock.in_room(&room) {
                 return refuse(ack, format!("not in room {room}"));
             }
-            let text = match clean(args.str(1), "text", 1000) {
+            let text = match clean_text(args.str(1), 1000) {
                 Ok(text) => text,
                 Err(e) => return refuse(ack, e),
             };
@@ -5354,6 +5372,22 @@ mod app {
                 assert!(clean(input, "username", 32).unwrap_err().contains(says));
             }
             assert!(clean(Some(&"é".repeat(32)), "username", 32).is_ok());
+            assert!(clean(Some("a\nb"), "username", 32).is_err());
+        }
+
+        #[test]
+        fn chat_text_may_hold_line_breaks_and_tabs_but_no_other_control_characters() {
+            assert_eq!(
+                clean_text(Some(" one\r\ntwo\tthree\n"), 1000),
+                Ok("one\r\ntwo\tthree".into())
+            );
+            assert!(clean_text(Some("bell\u{7}"), 1000)
+                .unwrap_err()
+                .contains("control"));
+            assert!(clean_text(Some("esc\u{1b}[31m"), 1000).is_err());
+            assert!(clean_text(Some("\n\t\r\n"), 1000)
+                .unwrap_err()
+                .contains("empty"));
         }
     }
 }

@@ -92,6 +92,17 @@ test("refusals come back through the ack: chat to a room the sender is not in, b
   assert.deepEqual(await ask(s, "chat", "Alien", "hi"), { ok: false, error: "not in room Alien" });
 });
 
+test("a chat line may span lines and hold tabs; other control characters are refused", async () => {
+  const [s] = await movies();
+  await ask(s, "identify", "eve");
+  await ask(s, "join", "Vertigo");
+  const got = next(s, "chat");
+  assert.deepEqual(await ask(s, "chat", "Vertigo", "first line\n\tsecond line\r\nthird"), { ok: true, delivered: 1 });
+  assert.equal((await got)[0].text, "first line\n\tsecond line\r\nthird");
+  assert.deepEqual(await ask(s, "chat", "Vertigo", "bell\u0007"), { ok: false, error: "text holds control characters" });
+  assert.deepEqual(await ask(s, "identify", "eve\nadam"), { ok: false, error: "username holds control characters" });
+});
+
 /** Two identified clients in `room`, once the first has heard the second arrive (and what it heard). */
 async function pairIn(room, first, second) {
   const [a] = await movies();
