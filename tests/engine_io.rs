@@ -460,6 +460,34 @@ fn oversize_post_gets_413_and_closes_the_session() {
 }
 
 #[test]
+fn a_post_that_expects_100_continue_is_told_to_send_its_body() {
+    // As curl does for large bodies: the head alone first, the body only after `100 Continue`
+    // (curl would otherwise wait a second of its own).
+    let server = Server::start(&["--max-payload", "1000"]);
+    let s = Polling::open(&server, "/engine.io/");
+    let post_head = |len: usize| {
+        let mut tcp = TcpStream::connect(&server.addr).unwrap();
+        tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+        let head = format!(
+            "POST {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nExpect: 100-continue\r\n\
+             Content-Length: {len}\r\n\r\n",
+            s.query()
+        );
+        tcp.write_all(head.as_bytes()).unwrap();
+        tcp
+    };
+    let mut tcp = post_head(4);
+    let mut interim = [0u8; 25];
+    tcp.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    tcp.write_all(b"4abc").unwrap();
+    let answer = read_response(&mut tcp);
+    assert_eq!((answer.status, answer.body.as_slice()), (200, &b"ok"[..]));
+    // A body over the limit gets the final answer at once, and is never asked for.
+    assert_eq!(read_response(&mut post_head(5000)).status, 413);
+}
+
+#[test]
 fn oversize_websocket_message_closes_with_1009() {
     let server = Server::start(&["--max-payload", "1000"]);
     let mut ws = ws_connect(&server.addr, "/engine.io/?EIO=4&transport=websocket", &[]).unwrap();
