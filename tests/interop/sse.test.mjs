@@ -3,7 +3,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { io, NodeXHR, NodeWebSocket } from "socket.io-client";
 import EventSource from "eventsource";
-import { startServer, next } from "./server.mjs";
+import { startServer, next, roundTripsRandomArgs } from "./server.mjs";
 
 let server, SSE;
 before(async () => {
@@ -76,4 +76,11 @@ test("SSE upgrades to WebSocket when it can", async () => {
   for (let i = 0; i < 50; i++) s.emit("message", i);
   await done;
   assert.deepEqual(got, [...Array(50).keys()], "nothing lost or reordered across the upgrade");
+});
+
+test("random arguments of every kind come back from the echo as sent over SSE", async () => {
+  const s = client({ transports: [SSE, NodeXHR], upgrade: false });
+  await next(s, "connect");
+  assert.equal(s.io.engine.transport.name, "sse");
+  await roundTripsRandomArgs(s, "sse");
 });
