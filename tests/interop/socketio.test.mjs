@@ -175,6 +175,20 @@ test("reconnect after the server disconnects it", async () => {
   assert.deepEqual(await next(s, "message-back"), ["back"]);
 });
 
+test("a dropped connection reconnects on its own as a new socket, and what was emitted meanwhile arrives", async () => {
+  const s = client("/", { transports: ["websocket"], reconnection: true, reconnectionDelay: 10, reconnectionDelayMax: 10 });
+  await next(s, "connect");
+  const firstId = s.id;
+  s.io.engine.transport.ws._socket.destroy(); // the TCP connection drops, no close packet
+  const [reason] = await next(s, "disconnect");
+  assert.equal(reason, "transport close");
+  s.emit("message", "sent while down");
+  await next(s, "connect");
+  assert.notEqual(s.id, firstId);
+  assert.ok(!s.recovered, "no connection state recovery: the CONNECT reply offers no pid");
+  assert.deepEqual(await next(s, "message-back"), ["sent while down"]);
+});
+
 test("broadcast reaches every other socket, not the sender", async () => {
   const [a, b, c] = [client("/"), client("/", { transports: ["websocket"] }), client("/", { transports: ["polling"] })];
   await Promise.all([a, b, c].map((s) => next(s, "connect")));
