@@ -913,10 +913,6 @@ fn random_traffic_on_every_transport_leaves_no_thread_or_session_behind() {
         std::thread::sleep(Duration::from_millis(50));
         now = settled();
     }
-    eprintln!(
-        "DBG settled in {:?}",
-        PATIENCE - (deadline - Instant::now())
-    );
     assert_eq!(now.0, 200);
     assert!(now.1.contains("\"sessions\":0"), "{}", now.1);
     assert_eq!(now.2, before, "threads and fds back to where they started");
