@@ -29,6 +29,14 @@
 //!                            └► polling / SSE: the session queue, drained by the waiting GET
 //! ```
 
+// One clear message instead of a page of unresolved names from `libc`.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+compile_error!(
+    "tinysio runs on Linux with glibc: it uses SCHED_BATCH, MSG_NOSIGNAL, madvise guard pages, \
+     /proc and glibc's malloc tuning. On macOS or Windows, build and run it in a Linux VM or \
+     a container from a glibc-based image (README, \"The two commands\")."
+);
+
 // ───────────────────────────────────────────────────────────────────────────────────────────
 mod config {
     //! Flags and environment variables, their defaults, and logging. Reads no socket.
