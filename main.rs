@@ -2156,6 +2156,70 @@ fn sched_batch() {
     unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
 }
 
+/// A long fan-out's way off a CPU it would share with the readers it wakes. The fan-out's
+/// first `send`s wake the threads that read its members' sockets; the kernel may place a
+/// woken reader on the sender's CPU (a sync wake-up goes to the waker's CPU when the waker
+/// runs alone there), and the two then take turns on it for the rest of the fan-out while
+/// another CPU idles. A reader placed there shows as an involuntary switch of the sender: it
+/// preempted it. `check`, a few `send`s in, moves the thread to its other CPUs if one came
+/// since `start`; dropping the value gives it back its CPUs (without moving it again).
+/// Costs a `getrusage` at each end when nothing preempted the thread; on one CPU, nothing.
+struct SharedCpuEscape {
+    switches: i64,
+    restore: Option<libc::cpu_set_t>,
+}
+
+impl SharedCpuEscape {
+    fn start() -> Self {
+        SharedCpuEscape {
+            switches: involuntary_switches(),
+            restore: None,
+        }
+    }
+
+    fn check(&mut self) {
+        if self.restore.is_none() && involuntary_switches() > self.switches {
+            self.restore = leave_this_cpu();
+        }
+    }
+}
+
+impl Drop for SharedCpuEscape {
+    fn drop(&mut self) {
+        if let Some(cpus) = &self.restore {
+            // SAFETY: `cpus` is the set sched_getaffinity filled in `leave_this_cpu`.
+            unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(cpus), cpus) };
+        }
+    }
+}
+
+/// The calling thread's involuntary context switches so far.
+fn involuntary_switches() -> i64 {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
+        usage.ru_nivcsw
+    }
+}
+
+/// Moves the calling thread off the CPU it runs on, to the others it may run on; returns the
+/// set it had, or None where it may run on one CPU only (or a call failed).
+fn leave_this_cpu() -> Option<libc::cpu_set_t> {
+    // SAFETY: the sets are zeroed before the kernel fills them; pid 0 is the calling thread.
+    unsafe {
+        let mut cpus: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of_val(&cpus);
+        if libc::sched_getaffinity(0, size, &mut cpus) != 0 || libc::CPU_COUNT(&cpus) < 2 {
+            return None;
+        }
+        let here = usize::try_from(libc::sched_getcpu()).ok()?;
+        let mut others = cpus;
+        libc::CPU_CLR(here, &mut others);
+        (libc::sched_setaffinity(0, size, &others) == 0).then_some(cpus)
+    }
+}
+
 /// Names the calling thread after its peer, so `top -H` and `/proc/PID/task/*/comm` say which
 /// connection each thread serves. The kernel keeps 15 bytes: the last 15, where the port is
 /// (an IPv4 address with its port fits whole).
@@ -4216,7 +4280,7 @@ mod hub {
     use crate::eio::Out;
     use crate::engine::{Handler, Message, Session, Timers};
     use crate::sio::{self, Kind};
-    use crate::{lock, log, new_id, prefetch, DEBUG};
+    use crate::{lock, log, new_id, prefetch, SharedCpuEscape, DEBUG};
     use serde_json::{json, Value};
     use std::collections::HashMap;
     use std::hash::{BuildHasherDefault, Hasher};
@@ -4476,6 +4540,8 @@ mod hub {
                 Some(room) => self.nsp.members(room),
                 None => Arc::new(self.nsp.sockets()),
             };
+            // A fan-out this long takes milliseconds: worth leaving a CPU it would share.
+            let mut escape = (targets.len() >= 256).then(SharedCpuEscape::start);
             let mut sent = 0;
             for (i, sock) in targets.iter().enumerate() {
                 prefetch_ahead(&targets, i);
@@ -4484,6 +4550,9 @@ mod hub {
                 }
                 sock.session.send_all(&packets);
                 sent += 1;
+                if let (16, Some(escape)) = (sent, &mut escape) {
+                    escape.check();
+                }
             }
             sent
         }
@@ -4924,6 +4993,61 @@ mod hub {
                 text(&out[0]),
                 r#"461-/admin,15[{"file":{"_placeholder":true,"num":0}}]"#
             );
+        }
+
+        /// The CPUs the calling thread may run on.
+        fn affinity() -> Vec<usize> {
+            // SAFETY: the zeroed set is filled by the kernel; pid 0 is this thread.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                assert_eq!(libc::sched_getaffinity(0, size_of_val(&set), &mut set), 0);
+                (0..libc::CPU_SETSIZE as usize)
+                    .filter(|&c| libc::CPU_ISSET(c, &set))
+                    .collect()
+            }
+        }
+
+        #[test]
+        fn a_fan_out_that_was_preempted_leaves_its_cpu_and_then_gets_its_cpus_back() {
+            // A thread of its own: its affinity changes touch no other test.
+            std::thread::spawn(|| {
+                let before = affinity();
+                // As if something had preempted the thread since the fan-out started.
+                let mut escape = SharedCpuEscape {
+                    switches: -1,
+                    restore: None,
+                };
+                escape.check();
+                let during = affinity();
+                if before.len() < 2 {
+                    assert_eq!(during, before, "one CPU: nowhere to go, nothing changed");
+                } else {
+                    let left: Vec<_> = before.iter().filter(|c| !during.contains(c)).collect();
+                    assert_eq!(
+                        left.len(),
+                        1,
+                        "exactly one CPU left: {before:?} -> {during:?}"
+                    );
+                    // SAFETY: no preconditions.
+                    let now = unsafe { libc::sched_getcpu() } as usize;
+                    assert_ne!(
+                        now, *left[0],
+                        "the thread no longer runs on the CPU it left"
+                    );
+                }
+                drop(escape);
+                assert_eq!(affinity(), before, "its CPUs given back");
+                // Nothing preempted it since this start: the check leaves it where it is.
+                let mut calm = SharedCpuEscape::start();
+                calm.restore = None;
+                let switches = calm.switches;
+                calm.check();
+                if crate::involuntary_switches() == switches {
+                    assert_eq!(affinity(), before);
+                }
+            })
+            .join()
+            .unwrap();
         }
 
         #[test]
