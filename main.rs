@@ -2163,7 +2163,7 @@ fn sched_batch() {
 /// another CPU idles. A reader placed there shows as an involuntary switch of the sender: it
 /// preempted it. `check`, a few `send`s in, moves the thread to its other CPUs if one came
 /// since `start`; dropping the value gives it back its CPUs (without moving it again).
-/// Costs a `getrusage` at each end when nothing preempted the thread; on one CPU, nothing.
+/// When nothing preempted the thread, it costs two `getrusage` calls.
 struct SharedCpuEscape {
     switches: i64,
     restore: Option<libc::cpu_set_t>,
@@ -5039,7 +5039,6 @@ mod hub {
                 assert_eq!(affinity(), before, "its CPUs given back");
                 // Nothing preempted it since this start: the check leaves it where it is.
                 let mut calm = SharedCpuEscape::start();
-                calm.restore = None;
                 let switches = calm.switches;
                 calm.check();
                 if crate::involuntary_switches() == switches {
