@@ -176,17 +176,25 @@ test("reconnect after the server disconnects it", async () => {
 });
 
 test("a dropped connection reconnects on its own as a new socket, and what was emitted meanwhile arrives", async () => {
-  const s = client("/", { transports: ["websocket"], reconnection: true, reconnectionDelay: 10, reconnectionDelayMax: 10 });
-  await next(s, "connect");
+  const s = client("/", { transports: ["websocket"], reconnection: true, reconnectionDelay: 1000, reconnectionDelayMax: 1000 });
+  const other = client("/", { transports: ["websocket"] });
+  await Promise.all([next(s, "connect"), next(other, "connect")]);
   const firstId = s.id;
   s.io.engine.transport.ws._socket.destroy(); // the TCP connection drops, no close packet
   const [reason] = await next(s, "disconnect");
   assert.equal(reason, "transport close");
   s.emit("message", "sent while down");
+  // While it is down, the server sends to every socket; the first one is gone, so that is lost.
+  other.emit("broadcast", "while down");
+  other.emit("message", "sync");
+  await next(other, "message-back");
+  let replayed = false;
+  s.on("broadcast", () => (replayed = true));
   await next(s, "connect");
   assert.notEqual(s.id, firstId);
   assert.ok(!s.recovered, "no connection state recovery: the CONNECT reply offers no pid");
   assert.deepEqual(await next(s, "message-back"), ["sent while down"]);
+  assert.equal(replayed, false, "what the server sent meanwhile is not replayed");
 });
 
 test("broadcast reaches every other socket, not the sender", async () => {
