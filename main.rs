@@ -2203,21 +2203,106 @@ fn involuntary_switches() -> i64 {
     }
 }
 
-/// Moves the calling thread off the CPU it runs on, to the others it may run on; returns the
-/// set it had, or None where it may run on one CPU only (or a call failed).
+/// Moves the calling thread off the CPU it runs on, to the process's others (the thread's own
+/// set may be narrower: `PeerCpu`); returns the set it had, or None where the process may run
+/// on one CPU only (or a call failed).
 fn leave_this_cpu() -> Option<libc::cpu_set_t> {
-    // SAFETY: the sets are zeroed before the kernel fills them; pid 0 is the calling thread.
+    let mut others = process_cpus()?;
+    // SAFETY: the set is zeroed before the kernel fills it; pid 0 is the calling thread.
     unsafe {
-        let mut cpus: libc::cpu_set_t = std::mem::zeroed();
-        let size = std::mem::size_of_val(&cpus);
-        if libc::sched_getaffinity(0, size, &mut cpus) != 0 || libc::CPU_COUNT(&cpus) < 2 {
+        let mut had: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of_val(&had);
+        if libc::sched_getaffinity(0, size, &mut had) != 0 {
             return None;
         }
-        let here = usize::try_from(libc::sched_getcpu()).ok()?;
-        let mut others = cpus;
-        libc::CPU_CLR(here, &mut others);
-        (libc::sched_setaffinity(0, size, &others) == 0).then_some(cpus)
+        libc::CPU_CLR(usize::try_from(libc::sched_getcpu()).ok()?, &mut others);
+        (libc::sched_setaffinity(0, size, &others) == 0).then_some(had)
     }
+}
+
+/// The CPUs the process may run on (as started: `taskset` narrows them), or None if that is
+/// one CPU, where no thread can move off another's.
+fn process_cpus() -> Option<libc::cpu_set_t> {
+    static CPUS: std::sync::OnceLock<Option<libc::cpu_set_t>> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| {
+        // SAFETY: the set is zeroed before the kernel fills it; pid 0 is the calling thread,
+        // main's, which has the process's set (main asks first).
+        unsafe {
+            let mut cpus: libc::cpu_set_t = std::mem::zeroed();
+            let ok = libc::sched_getaffinity(0, std::mem::size_of_val(&cpus), &mut cpus) == 0;
+            (ok && libc::CPU_COUNT(&cpus) >= 2).then_some(cpus)
+        }
+    })
+}
+
+/// Keeps a connection thread off the CPU its peer runs on, when the peer is a process on this
+/// machine. The peer's `send` wakes the thread with the kernel's sync hint, and a sync
+/// wake-up goes to the waker's CPU when the waker runs alone there. A SCHED_BATCH thread put
+/// there cannot preempt the peer: it waits until the peer blocks or a tick (4 ms at
+/// `CONFIG_HZ=250`) takes the CPU from it, while another CPU may run the thread's siblings
+/// (README, performance: this made the echo tails). Over the loopback, the CPU that took the
+/// peer's last packet (`SO_INCOMING_CPU`) is the one it sent from; a thread that wakes there
+/// leaves that CPU out of its set, and looks again when it wakes on another CPU or every 32nd
+/// wake (the peer may have moved to its CPU). A remote peer's packets come in on the CPU of a
+/// network card's queue, which a thread has no reason to avoid. Costs a `sched_getcpu` per
+/// wake and now and then a `getsockopt`.
+#[derive(Clone, Copy)]
+struct PeerCpu {
+    on: bool,
+    last: libc::c_int,
+    wakes: u8,
+}
+
+impl PeerCpu {
+    fn new(peer: std::net::IpAddr, batch: bool) -> Self {
+        PeerCpu {
+            on: batch && peer.to_canonical().is_loopback() && process_cpus().is_some(),
+            last: -1,
+            wakes: 0,
+        }
+    }
+
+    /// Called after a read that may have slept.
+    fn woke(&mut self, tcp: &std::net::TcpStream) {
+        if !self.on {
+            return;
+        }
+        // SAFETY: no arguments.
+        let here = unsafe { libc::sched_getcpu() };
+        self.wakes = self.wakes.wrapping_add(1);
+        if here == self.last && !self.wakes.is_multiple_of(32) {
+            return;
+        }
+        self.last = here;
+        if incoming_cpu(tcp) != Some(here) {
+            return;
+        }
+        if let (Some(mut cpus), Ok(here)) = (process_cpus(), usize::try_from(here)) {
+            // SAFETY: `cpus` is a set the kernel filled; pid 0 is the calling thread.
+            unsafe {
+                libc::CPU_CLR(here, &mut cpus);
+                libc::sched_setaffinity(0, std::mem::size_of_val(&cpus), &cpus);
+            }
+        }
+    }
+}
+
+/// The CPU that took the socket's last packet (`SO_INCOMING_CPU`).
+fn incoming_cpu(tcp: &std::net::TcpStream) -> Option<libc::c_int> {
+    use std::os::fd::AsRawFd;
+    let mut cpu: libc::c_int = -1;
+    let mut len = std::mem::size_of_val(&cpu) as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cpu`; the fd belongs to `tcp`.
+    let rc = unsafe {
+        libc::getsockopt(
+            tcp.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_INCOMING_CPU,
+            (&mut cpu as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && cpu >= 0).then_some(cpu)
 }
 
 /// Names the calling thread after its peer, so `top -H` and `/proc/PID/task/*/comm` say which
@@ -2745,6 +2830,7 @@ mod engine {
         tcp: Arc<TcpStream>,
         conn: Arc<WsConn>,
         spin: http::Spin,
+        peer_cpu: crate::PeerCpu,
         /// Probed (`2probe` came), not yet upgraded (`5` has not): the session, whose reads
         /// go through `read_probing`.
         probing: Option<Arc<Session>>,
@@ -2771,6 +2857,7 @@ mod engine {
             let since = Instant::now();
             let n = (&*self.tcp).read(buf)?;
             self.spin.waited(since);
+            self.peer_cpu.woke(&self.tcp);
             Ok(n)
         }
     }
@@ -3170,6 +3257,7 @@ mod engine {
     pub struct Conn<'a> {
         pub tcp: &'a Arc<TcpStream>,
         pub peer: &'a str,
+        pub peer_cpu: &'a crate::PeerCpu,
         pub leftover: &'a mut Vec<u8>,
         pub read_timeout: &'a mut http::ReadTimeout,
     }
@@ -3686,6 +3774,7 @@ mod engine {
                 tcp: c.tcp.clone(),
                 conn: conn.clone(),
                 spin: http::Spin::new(self.cfg.spin),
+                peer_cpu: *c.peer_cpu,
                 probing: None,
                 noop_owed: false,
             };
@@ -4164,6 +4253,7 @@ mod engine {
             let mut conn = Conn {
                 tcp: &tcp,
                 peer: "test",
+                peer_cpu: &crate::PeerCpu::new([127, 0, 0, 1].into(), false),
                 leftover: &mut leftover,
                 read_timeout: &mut read_timeout,
             };
@@ -5049,6 +5139,70 @@ mod hub {
             .unwrap();
         }
 
+        /// Lets the calling thread run on `cpus` only.
+        fn pin(cpus: &[usize]) {
+            // SAFETY: the zeroed set is filled here; pid 0 is this thread.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                cpus.iter().for_each(|&c| libc::CPU_SET(c, &mut set));
+                assert_eq!(libc::sched_setaffinity(0, size_of_val(&set), &set), 0);
+            }
+        }
+
+        #[test]
+        fn a_thread_woken_on_its_local_peers_cpu_leaves_that_cpu() {
+            use std::io::{Read, Write};
+            use std::net::TcpStream;
+            // Threads of their own: their affinity changes touch no other test.
+            std::thread::spawn(|| {
+                let all = affinity();
+                if crate::process_cpus().is_none() {
+                    return assert!(all.len() < 2, "one CPU: nowhere to go");
+                }
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = listener.local_addr().unwrap();
+                let peer_cpu = all[0];
+                // The peer sends from `peer_cpu`, and the reader reads there too, as the
+                // kernel's sync wake-up would have put it.
+                let send_one = move || {
+                    std::thread::spawn(move || {
+                        pin(&[peer_cpu]);
+                        let mut client = TcpStream::connect(addr).unwrap();
+                        client.write_all(b"x").unwrap();
+                        client
+                    })
+                    .join()
+                    .unwrap()
+                };
+                let read_one = |peer: std::net::IpAddr| {
+                    pin(&[peer_cpu]);
+                    let _client = send_one();
+                    let mut tcp = listener.accept().unwrap().0;
+                    tcp.read_exact(&mut [0u8; 1]).unwrap();
+                    assert_eq!(crate::incoming_cpu(&tcp), Some(peer_cpu as libc::c_int));
+                    crate::PeerCpu::new(peer, true).woke(&tcp);
+                    affinity()
+                };
+                // A remote peer's packets come in where a network card puts them: stay.
+                assert_eq!(read_one([192, 0, 2, 1].into()), [peer_cpu]);
+                let left = read_one([127, 0, 0, 1].into());
+                let rest: Vec<_> = all.iter().copied().filter(|&c| c != peer_cpu).collect();
+                assert_eq!(left, rest, "all of the process's CPUs but the peer's");
+                // SAFETY: no preconditions.
+                let now = unsafe { libc::sched_getcpu() } as usize;
+                assert_ne!(now, peer_cpu, "the thread moved off it at once");
+                // Under the normal policy a woken thread can preempt its peer: no need.
+                pin(&[peer_cpu]);
+                let _client = send_one();
+                let mut tcp = listener.accept().unwrap().0;
+                tcp.read_exact(&mut [0u8; 1]).unwrap();
+                crate::PeerCpu::new([127, 0, 0, 1].into(), false).woke(&tcp);
+                assert_eq!(affinity(), [peer_cpu]);
+            })
+            .join()
+            .unwrap();
+        }
+
         #[test]
         fn control_packets_are_exact() {
             assert_eq!(
@@ -5664,6 +5818,7 @@ mod server {
                 refuse_busy(&tcp); // admitted as the shutdown began, after it looked
                 return None;
             }
+            let peer_ip = peer.ip();
             let peer = peer.to_string();
             crate::name_after_peer(&peer);
             let mut buf = Vec::new();
@@ -5671,6 +5826,7 @@ mod server {
             // As a WebSocket's reader does (engine::WsIo): a polling client's GET right after
             // its POST is read without a sleep (`http::Spin`).
             let mut spin = http::Spin::new(self.cfg.spin);
+            let mut peer_cpu = crate::PeerCpu::new(peer_ip, self.cfg.batch_threads);
             loop {
                 let mut since = None;
                 if spin.allowed(self.open.load(Ordering::Relaxed)) {
@@ -5684,6 +5840,7 @@ mod server {
                 if let Some(since) = since {
                     spin.waited(since);
                 }
+                peer_cpu.woke(&tcp);
                 let req = match read {
                     Ok(req) => req,
                     Err(HttpError::Closed) => return None,
@@ -5702,6 +5859,7 @@ mod server {
                 let mut conn = Conn {
                     tcp: &tcp,
                     peer: &peer,
+                    peer_cpu: &peer_cpu,
                     leftover: &mut buf,
                     read_timeout: &mut read_timeout,
                 };
@@ -5978,6 +6136,7 @@ fn main() {
         }
     };
     let raised = server::raise_fd_limit();
+    process_cpus(); // read before any thread narrows its own set
     let listener = match server::bind(&cfg) {
         Ok(l) => l,
         Err(e) => {
