@@ -2161,9 +2161,9 @@ fn sched_batch() {
 /// woken reader on the sender's CPU (a sync wake-up goes to the waker's CPU when the waker
 /// runs alone there), and the two then take turns on it for the rest of the fan-out while
 /// another CPU idles. A reader placed there shows as an involuntary switch of the sender: it
-/// preempted it. `check`, a few `send`s in, moves the thread to its other CPUs if one came
-/// since `start`; dropping the value gives it back its CPUs (without moving it again).
-/// When nothing preempted the thread, it costs two `getrusage` calls.
+/// preempted it. `check`, a few `send`s in, moves the thread to the process's other CPUs if
+/// one came since `start`; dropping the value gives it back the set it had (without moving
+/// it again). When nothing preempted the thread, it costs two `getrusage` calls.
 struct SharedCpuEscape {
     switches: i64,
     restore: Option<libc::cpu_set_t>,
