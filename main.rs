@@ -2242,10 +2242,11 @@ fn process_cpus() -> Option<libc::cpu_set_t> {
 /// `CONFIG_HZ=250`) takes the CPU from it, while another CPU may run the thread's siblings
 /// (README, performance: this made the echo tails). Over the loopback, the CPU that took the
 /// peer's last packet (`SO_INCOMING_CPU`) is the one it sent from; a thread that wakes there
-/// leaves that CPU out of its set, and looks again when it wakes on another CPU or every 32nd
-/// wake (the peer may have moved to its CPU). A remote peer's packets come in on the CPU of a
-/// network card's queue, which a thread has no reason to avoid. Costs a `sched_getcpu` per
-/// wake and now and then a `getsockopt`.
+/// leaves that CPU out of its set. It looks again when it wakes on another CPU, after a wait of
+/// a millisecond or more (it may have waited behind its peer, which moved to its CPU), and on
+/// every 32nd wake. A remote peer's packets come in on the CPU of a network card's queue, which
+/// a thread has no reason to avoid. Costs a clock read and a `sched_getcpu` per wake, and now
+/// and then a `getsockopt`.
 #[derive(Clone, Copy)]
 struct PeerCpu {
     on: bool,
@@ -2262,15 +2263,16 @@ impl PeerCpu {
         }
     }
 
-    /// Called after a read that may have slept.
-    fn woke(&mut self, tcp: &std::net::TcpStream) {
+    /// Called after a read that may have slept, for `slept`.
+    fn woke(&mut self, tcp: &std::net::TcpStream, slept: std::time::Duration) {
         if !self.on {
             return;
         }
         // SAFETY: no arguments.
         let here = unsafe { libc::sched_getcpu() };
         self.wakes = self.wakes.wrapping_add(1);
-        if here == self.last && !self.wakes.is_multiple_of(32) {
+        let long = slept >= std::time::Duration::from_millis(1);
+        if here == self.last && !long && !self.wakes.is_multiple_of(32) {
             return;
         }
         self.last = here;
@@ -2846,18 +2848,18 @@ mod engine {
             if let Some(s) = self.probing.clone() {
                 return self.read_probing(&s, buf);
             }
-            if !self.spin.allowed(LIVE_WS.load(Ordering::Relaxed)) {
-                return (&*self.tcp).read(buf);
-            }
-            if let Some(budget) = self.spin.budget() {
+            let spin = self.spin.allowed(LIVE_WS.load(Ordering::Relaxed));
+            if let Some(budget) = self.spin.budget().filter(|_| spin) {
                 if let Some(n) = http::poll_recv(&self.tcp, buf, budget)? {
                     return Ok(n);
                 }
             }
             let since = Instant::now();
             let n = (&*self.tcp).read(buf)?;
-            self.spin.waited(since);
-            self.peer_cpu.woke(&self.tcp);
+            if spin {
+                self.spin.waited(since);
+            }
+            self.peer_cpu.woke(&self.tcp, since.elapsed());
             Ok(n)
         }
     }
@@ -5180,7 +5182,7 @@ mod hub {
                     let mut tcp = listener.accept().unwrap().0;
                     tcp.read_exact(&mut [0u8; 1]).unwrap();
                     assert_eq!(crate::incoming_cpu(&tcp), Some(peer_cpu as libc::c_int));
-                    crate::PeerCpu::new(peer, true).woke(&tcp);
+                    crate::PeerCpu::new(peer, true).woke(&tcp, Duration::ZERO);
                     affinity()
                 };
                 // A remote peer's packets come in where a network card puts them: stay.
@@ -5196,7 +5198,7 @@ mod hub {
                 let _client = send_one();
                 let mut tcp = listener.accept().unwrap().0;
                 tcp.read_exact(&mut [0u8; 1]).unwrap();
-                crate::PeerCpu::new([127, 0, 0, 1].into(), false).woke(&tcp);
+                crate::PeerCpu::new([127, 0, 0, 1].into(), false).woke(&tcp, Duration::ZERO);
                 assert_eq!(affinity(), [peer_cpu]);
             })
             .join()
@@ -5828,19 +5830,17 @@ mod server {
             let mut spin = http::Spin::new(self.cfg.spin);
             let mut peer_cpu = crate::PeerCpu::new(peer_ip, self.cfg.batch_threads);
             loop {
-                let mut since = None;
-                if spin.allowed(self.open.load(Ordering::Relaxed)) {
-                    if let Some(budget) = spin.budget().filter(|_| buf.is_empty()) {
-                        // An error or the end of the stream is met again by the read below.
-                        let _ = http::poll_more(&tcp, &mut buf, budget);
-                    }
-                    since = Some(Instant::now());
+                let spins = spin.allowed(self.open.load(Ordering::Relaxed));
+                if let Some(budget) = spin.budget().filter(|_| spins && buf.is_empty()) {
+                    // An error or the end of the stream is met again by the read below.
+                    let _ = http::poll_more(&tcp, &mut buf, budget);
                 }
+                let since = Instant::now();
                 let read = http::read_request(&tcp, &mut buf, &self.limits, &mut read_timeout);
-                if let Some(since) = since {
+                if spins {
                     spin.waited(since);
                 }
-                peer_cpu.woke(&tcp);
+                peer_cpu.woke(&tcp, since.elapsed());
                 let req = match read {
                     Ok(req) => req,
                     Err(HttpError::Closed) => return None,

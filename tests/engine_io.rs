@@ -854,6 +854,99 @@ fn instances_share_nothing_and_a_taken_port_is_a_clear_error() {
     );
 }
 
+/// The CPUs the calling thread may run on.
+fn my_cpus() -> Vec<usize> {
+    // SAFETY: the zeroed set is filled by the kernel; pid 0 is this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(libc::sched_getaffinity(0, size_of_val(&set), &mut set), 0);
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Lets thread `tid` (0: the calling one) run on `cpu` only.
+fn pin(tid: i32, cpu: usize) {
+    // SAFETY: the zeroed set gets one CPU; sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(tid, size_of_val(&set), &set), 0);
+    }
+}
+
+/// The thread of the server named `name`, and the CPUs it may run on.
+fn server_thread(server: &Server, name: &str) -> (i32, String) {
+    for task in std::fs::read_dir(format!("/proc/{}/task", server.pid())).unwrap() {
+        let path = task.unwrap().path();
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        if status.lines().next() == Some(&format!("Name:\t{name}")) {
+            let allowed = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:\t"));
+            let tid = path.file_name().unwrap().to_str().unwrap().parse().unwrap();
+            return (tid, allowed.unwrap().to_string());
+        }
+    }
+    panic!("no thread named {name}");
+}
+
+#[test]
+fn a_websocket_thread_woken_on_its_local_peers_cpu_leaves_that_cpu_under_batch() {
+    let cpus = my_cpus();
+    if cpus.len() < 2 {
+        return eprintln!("skipped: one CPU, nowhere to move");
+    }
+    std::thread::spawn(move || {
+        for (policy, moves) in [("batch", true), ("normal", false)] {
+            let server = Server::start(&["--thread-policy", policy]);
+            // More WebSockets than CPUs: their threads block in `recv` instead of polling.
+            let mut all: Vec<_> = (0..=cpus.len())
+                .map(|_| {
+                    let mut ws =
+                        ws_connect(&server.addr, "/engine.io/?EIO=4&transport=websocket", &[])
+                            .unwrap();
+                    ws_text(&mut ws);
+                    ws
+                })
+                .collect();
+            let ws = &mut all[0];
+            let peer = ws.get_ref().local_addr().unwrap().to_string();
+            let name = &peer[peer.len().saturating_sub(15)..];
+            // The client sends from cpus[0], and the server's thread reads there.
+            pin(0, cpus[0]);
+            pin(server_thread(&server, name).0, cpus[0]);
+            // It looks at least every 32nd wake.
+            for i in 0..33 {
+                ws_send(ws, &format!("4echo {i}"));
+                assert_eq!(ws_text(ws), format!("4echo {i}"));
+            }
+            let allowed = server_thread(&server, name).1;
+            let want = if moves {
+                let rest: Vec<_> = cpus[1..].iter().map(|c| c.to_string()).collect();
+                rest.join(",")
+            } else {
+                cpus[0].to_string()
+            };
+            // The kernel writes runs of CPUs as ranges ("1-3"); compare as sets.
+            assert_eq!(expand(&allowed), expand(&want), "{policy}: {allowed}");
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// "0,2-4" as [0, 2, 3, 4].
+fn expand(list: &str) -> Vec<usize> {
+    list.split(',')
+        .flat_map(|part| {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            a.parse().unwrap()..=b.parse().unwrap()
+        })
+        .collect()
+}
+
 #[test]
 fn a_connection_thread_is_named_after_its_peer() {
     let server = Server::start(&[]);
