@@ -2264,8 +2264,8 @@ impl PeerCpu {
         }
     }
 
-    /// Called after a read that may have slept, for `slept`.
-    fn woke(&mut self, tcp: &std::net::TcpStream, slept: std::time::Duration) {
+    /// Called after a read that may have slept, begun at `since`.
+    fn woke(&mut self, tcp: &std::net::TcpStream, since: std::time::Instant) {
         if !self.on {
             return;
         }
@@ -2275,7 +2275,7 @@ impl PeerCpu {
         }
         // SAFETY: no arguments.
         let here = unsafe { libc::sched_getcpu() };
-        let long = slept >= std::time::Duration::from_millis(1);
+        let long = since.elapsed() >= std::time::Duration::from_millis(1);
         if here == self.last && !long && !self.wakes.is_multiple_of(32) {
             return;
         }
@@ -2863,7 +2863,7 @@ mod engine {
             if spin {
                 self.spin.waited(since);
             }
-            self.peer_cpu.woke(&self.tcp, since.elapsed());
+            self.peer_cpu.woke(&self.tcp, since);
             Ok(n)
         }
     }
@@ -5189,10 +5189,10 @@ mod hub {
                     let mut watch = crate::PeerCpu::new(peer, true);
                     // Not during a connection's handshake: its first 7 wakes.
                     for _ in 0..7 {
-                        watch.woke(&tcp, Duration::ZERO);
+                        watch.woke(&tcp, std::time::Instant::now());
                         assert_eq!(affinity(), [peer_cpu]);
                     }
-                    watch.woke(&tcp, Duration::ZERO);
+                    watch.woke(&tcp, std::time::Instant::now());
                     affinity()
                 };
                 // A remote peer's packets come in where a network card puts them: stay.
@@ -5209,7 +5209,7 @@ mod hub {
                 let mut tcp = listener.accept().unwrap().0;
                 tcp.read_exact(&mut [0u8; 1]).unwrap();
                 let mut normal = crate::PeerCpu::new([127, 0, 0, 1].into(), false);
-                (0..8).for_each(|_| normal.woke(&tcp, Duration::ZERO));
+                (0..8).for_each(|_| normal.woke(&tcp, std::time::Instant::now()));
                 assert_eq!(affinity(), [peer_cpu]);
             })
             .join()
@@ -5851,7 +5851,7 @@ mod server {
                 if spins {
                     spin.waited(since);
                 }
-                peer_cpu.woke(&tcp, since.elapsed());
+                peer_cpu.woke(&tcp, since);
                 let req = match read {
                     Ok(req) => req,
                     Err(HttpError::Closed) => return None,
