@@ -2207,16 +2207,25 @@ fn involuntary_switches() -> i64 {
 /// set may be narrower: `PeerCpu`); returns the set it had, or None where the process may run
 /// on one CPU only (or a call failed).
 fn leave_this_cpu() -> Option<libc::cpu_set_t> {
-    let mut others = process_cpus()?;
     // SAFETY: the set is zeroed before the kernel fills it; pid 0 is the calling thread.
-    unsafe {
+    let had = unsafe {
         let mut had: libc::cpu_set_t = std::mem::zeroed();
-        let size = std::mem::size_of_val(&had);
-        if libc::sched_getaffinity(0, size, &mut had) != 0 {
-            return None;
-        }
-        libc::CPU_CLR(usize::try_from(libc::sched_getcpu()).ok()?, &mut others);
-        (libc::sched_setaffinity(0, size, &others) == 0).then_some(had)
+        (libc::sched_getaffinity(0, std::mem::size_of_val(&had), &mut had) == 0).then_some(had)
+    }?;
+    // SAFETY: no arguments.
+    keep_off(unsafe { libc::sched_getcpu() }).then_some(had)
+}
+
+/// Lets the calling thread run on the process's CPUs but `cpu` (the kernel moves it at once
+/// if it runs there); whether it did.
+fn keep_off(cpu: libc::c_int) -> bool {
+    let (Some(mut cpus), Ok(cpu)) = (process_cpus(), usize::try_from(cpu)) else {
+        return false;
+    };
+    // SAFETY: `cpus` is a set the kernel filled; pid 0 is the calling thread.
+    unsafe {
+        libc::CPU_CLR(cpu, &mut cpus);
+        libc::sched_setaffinity(0, std::mem::size_of_val(&cpus), &cpus) == 0
     }
 }
 
@@ -2280,15 +2289,8 @@ impl PeerCpu {
             return;
         }
         self.last = here;
-        if incoming_cpu(tcp) != Some(here) {
-            return;
-        }
-        if let (Some(mut cpus), Ok(here)) = (process_cpus(), usize::try_from(here)) {
-            // SAFETY: `cpus` is a set the kernel filled; pid 0 is the calling thread.
-            unsafe {
-                libc::CPU_CLR(here, &mut cpus);
-                libc::sched_setaffinity(0, std::mem::size_of_val(&cpus), &cpus);
-            }
+        if incoming_cpu(tcp) == Some(here) {
+            keep_off(here);
         }
     }
 }

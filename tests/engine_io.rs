@@ -854,7 +854,8 @@ fn instances_share_nothing_and_a_taken_port_is_a_clear_error() {
     );
 }
 
-/// The CPUs the calling thread may run on.
+/// The CPUs the calling thread may run on (main.rs's unit tests have the same `affinity`;
+/// a black-box test cannot reach the binary's code).
 fn my_cpus() -> Vec<usize> {
     // SAFETY: the zeroed set is filled by the kernel; pid 0 is this thread.
     unsafe {
