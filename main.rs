@@ -2254,14 +2254,18 @@ fn process_cpus() -> Option<libc::cpu_set_t> {
 /// leaves that CPU out of its set. It looks again when it wakes on another CPU, after a wait of
 /// a millisecond or more (it may have waited behind its peer, which moved to its CPU), and on
 /// every 32nd wake; not in its first 8 wakes (a connection's handshake: most connections then
-/// sit idle, and a look with a move in each made 10k connects 19 % slower). A remote peer's
-/// packets come in on the CPU of a network card's queue, which a thread has no reason to
-/// avoid. Costs a clock read and a `sched_getcpu` per wake, and now and then a `getsockopt`.
+/// sit idle, and a look with a move in each made 10k connects 19 % slower). After a long wait
+/// it moves only if it spent half a millisecond of it runnable (`schedstat`): a broadcast's
+/// sender, woken every 20 ms by a peer that goes back to sleep at once, otherwise moved on
+/// most chats and each move delayed the fan-out. A remote peer's packets come in on the CPU
+/// of a network card's queue, which a thread has no reason to avoid. Costs a clock read and a
+/// `sched_getcpu` per wake, and now and then a `getsockopt` and a read of `schedstat`.
 #[derive(Clone, Copy)]
 struct PeerCpu {
     on: bool,
     last: libc::c_int,
     wakes: u32,
+    delay: u64,
 }
 
 impl PeerCpu {
@@ -2270,6 +2274,7 @@ impl PeerCpu {
             on: batch && peer.to_canonical().is_loopback() && process_cpus().is_some(),
             last: -1,
             wakes: 0,
+            delay: 0,
         }
     }
 
@@ -2288,11 +2293,37 @@ impl PeerCpu {
         if here == self.last && !long && !self.wakes.is_multiple_of(32) {
             return;
         }
+        let moved = here != self.last;
         self.last = here;
-        if incoming_cpu(tcp) == Some(here) {
-            keep_off(here);
+        if incoming_cpu(tcp) != Some(here) {
+            return;
         }
+        // A wake after a wait that ran long: a move only if the thread spent it runnable
+        // (behind the peer), not asleep with nothing to read.
+        if long && !moved && !self.wakes.is_multiple_of(32) {
+            if let Some(delay) = run_delay() {
+                let waited = delay.wrapping_sub(self.delay);
+                self.delay = delay;
+                if waited < 500_000 {
+                    return;
+                }
+            }
+        }
+        keep_off(here);
     }
+}
+
+/// Nanoseconds the calling thread has spent runnable but not running (the second field of
+/// `schedstat`; None where the kernel keeps no such count).
+fn run_delay() -> Option<u64> {
+    use std::io::Read;
+    let mut buf = [0u8; 64];
+    let n = std::fs::File::open("/proc/thread-self/schedstat")
+        .ok()?
+        .read(&mut buf)
+        .ok()?;
+    let text = std::str::from_utf8(&buf[..n]).ok()?;
+    text.split_ascii_whitespace().nth(1)?.parse().ok()
 }
 
 /// The CPU that took the socket's last packet (`SO_INCOMING_CPU`).
@@ -5213,6 +5244,33 @@ mod hub {
                 let mut normal = crate::PeerCpu::new([127, 0, 0, 1].into(), false);
                 (0..8).for_each(|_| normal.woke(&tcp, std::time::Instant::now()));
                 assert_eq!(affinity(), [peer_cpu]);
+                // A wake after a long wait, on the CPU of the last look: it moves only if it
+                // spent half a millisecond of the wait runnable.
+                let Some(start) = crate::run_delay() else {
+                    return eprintln!("no schedstat here: a long wait always moves");
+                };
+                let cpu = peer_cpu as libc::c_int;
+                let mut watch = crate::PeerCpu {
+                    on: true,
+                    last: cpu,
+                    wakes: 8,
+                    delay: start,
+                };
+                let long_ago = std::time::Instant::now() - std::time::Duration::from_millis(2);
+                // Asleep: unless the machine kept this thread waiting between the reads.
+                let stayed = (0..5).any(|_| {
+                    pin(&[peer_cpu]);
+                    let before = crate::run_delay().unwrap();
+                    watch.delay = before;
+                    watch.woke(&tcp, long_ago);
+                    let quiet = crate::run_delay().unwrap() - before < 500_000;
+                    quiet && affinity() == [peer_cpu]
+                });
+                assert!(stayed, "woken from sleep, it stayed");
+                // Runnable for a millisecond: it moves.
+                watch.delay = crate::run_delay().unwrap().wrapping_sub(1_000_000);
+                watch.woke(&tcp, long_ago);
+                assert_eq!(affinity(), rest);
             })
             .join()
             .unwrap();
