@@ -2255,11 +2255,11 @@ fn process_cpus() -> Option<libc::cpu_set_t> {
 /// a millisecond or more (it may have waited behind its peer, which moved to its CPU), and on
 /// every 32nd wake; not in its first 8 wakes (a connection's handshake: most connections then
 /// sit idle, and a look with a move in each made 10k connects 19 % slower). After a long wait
-/// it moves only if it spent half a millisecond of it runnable (`schedstat`): a broadcast's
+/// it moves only if it spent `RUNNABLE_TO_MOVE` of it runnable (`schedstat`): a broadcast's
 /// sender, woken every 20 ms by a peer that goes back to sleep at once, was otherwise kept to
 /// one CPU from its first look on and moved again on many chats, which nearly doubled a
-/// 100-member chat's median delivery. A remote peer's packets come in on the CPU
-/// of a network card's queue, which a thread has no reason to avoid. Costs a clock read and a
+/// 100-member chat's median delivery. A remote peer's packets come in on the CPU of a network
+/// card's queue, which a thread has no reason to avoid. Costs a clock read and a
 /// `sched_getcpu` per wake, and now and then a `getsockopt` and a read of `schedstat`.
 #[derive(Clone, Copy)]
 struct PeerCpu {
@@ -2306,7 +2306,7 @@ impl PeerCpu {
             if let Some(delay) = run_delay() {
                 let waited = delay.wrapping_sub(self.delay);
                 self.delay = delay;
-                if waited < 500_000 {
+                if waited < RUNNABLE_TO_MOVE {
                     return;
                 }
             }
@@ -2314,6 +2314,11 @@ impl PeerCpu {
         keep_off(here);
     }
 }
+
+/// The run delay (nanoseconds) a long wait must hold for `PeerCpu` to move the thread: half a
+/// millisecond, well above the few microseconds of a wake-up onto a CPU whose peer then
+/// sleeps, well below the tick a batch thread may wait behind a busy one.
+const RUNNABLE_TO_MOVE: u64 = 500_000;
 
 /// Nanoseconds the calling thread has spent runnable but not running (the second field of
 /// `schedstat`; None where the kernel keeps no such count).
@@ -5247,7 +5252,7 @@ mod hub {
                 (0..8).for_each(|_| normal.woke(&tcp, std::time::Instant::now()));
                 assert_eq!(affinity(), [peer_cpu]);
                 // A wake after a long wait, at its first look or a later one: it moves only
-                // if it spent half a millisecond of the wait runnable.
+                // if it spent `RUNNABLE_TO_MOVE` of the wait runnable.
                 if crate::run_delay().is_none() {
                     return eprintln!("no schedstat here: a long wait always moves");
                 }
@@ -5264,15 +5269,18 @@ mod hub {
                     let before = crate::run_delay().unwrap();
                     let mut watch = first_look(before);
                     watch.woke(&tcp, long_ago);
-                    let quiet = crate::run_delay().unwrap() - before < 500_000;
                     // A later look, on the same CPU, as well.
                     watch.woke(&tcp, long_ago);
-                    let quiet = quiet && crate::run_delay().unwrap() - before < 500_000;
+                    let quiet = crate::run_delay().unwrap() - before < crate::RUNNABLE_TO_MOVE;
                     quiet && affinity() == [peer_cpu]
                 });
                 assert!(stayed, "woken from sleep, it stayed");
-                // Runnable for a millisecond: it moves.
-                let mut watch = first_look(crate::run_delay().unwrap().wrapping_sub(1_000_000));
+                // Runnable for twice that: it moves.
+                let mut watch = first_look(
+                    crate::run_delay()
+                        .unwrap()
+                        .wrapping_sub(2 * crate::RUNNABLE_TO_MOVE),
+                );
                 watch.woke(&tcp, long_ago);
                 assert_eq!(affinity(), rest);
             })
