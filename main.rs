@@ -2255,7 +2255,8 @@ fn process_cpus() -> Option<libc::cpu_set_t> {
 /// a millisecond or more (it may have waited behind its peer, which moved to its CPU), and on
 /// every 32nd wake; not in its first 8 wakes (a connection's handshake: most connections then
 /// sit idle, and a look with a move in each made 10k connects 19 % slower). After a long wait
-/// it moves only if it spent `RUNNABLE_TO_MOVE` of it runnable (`schedstat`): a broadcast's
+/// it moves only if its run delay (`schedstat`: time spent runnable, not running) grew by
+/// `RUNNABLE_TO_MOVE` since its last such reading, the wait included: a broadcast's
 /// sender, woken every 20 ms by a peer that goes back to sleep at once, was otherwise kept to
 /// one CPU from its first look on and moved again on many chats, which nearly doubled a
 /// 100-member chat's median delivery. A remote peer's packets come in on the CPU of a network
@@ -2298,8 +2299,10 @@ impl PeerCpu {
         if incoming_cpu(tcp) != Some(here) {
             return;
         }
-        // A wake after a wait that ran long: a move only if the thread spent it runnable
-        // (behind the peer), not asleep with nothing to read. Even at a first look: a
+        // A wake after a wait that ran long: a move only if the thread was runnable (behind
+        // the peer) for `RUNNABLE_TO_MOVE` since the last reading, which takes in the wait,
+        // not asleep with nothing to read. The reading is taken only here, not at every
+        // wait's start, so it may also count earlier waits. Even at a first look: a
         // broadcast's sender looks first at its third chat, which its peer sent and then
         // slept.
         if long {
@@ -5252,7 +5255,7 @@ mod hub {
                 (0..8).for_each(|_| normal.woke(&tcp, std::time::Instant::now()));
                 assert_eq!(affinity(), [peer_cpu]);
                 // A wake after a long wait, at its first look or a later one: it moves only
-                // if it spent `RUNNABLE_TO_MOVE` of the wait runnable.
+                // if its run delay grew by `RUNNABLE_TO_MOVE` since its last reading.
                 if crate::run_delay().is_none() {
                     return eprintln!("no schedstat here: a long wait always moves");
                 }
