@@ -12,7 +12,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         idle_timeout: std::time::Duration::from_secs(1),
     };
     if let Ok(Some((req, _))) = http::parse_head(data, &limits) {
-        let _ = req.param("sid");
+        let _ = req.params(["EIO", "transport", "sid"]);
         let _ = http::cors(req.header("origin"), req.header("host"), &["*".to_string()]);
     }
 });
