@@ -1458,11 +1458,14 @@ mod http {
 
     #[derive(Debug, Default, Clone)]
     pub struct Request {
-        pub method: String,
-        pub path: String,
-        pub query: String,
-        /// Names lower-cased; values lossily decoded (invalid UTF-8 becomes U+FFFD).
-        pub headers: Vec<(String, String)>,
+        /// The head's text in one allocation (a string each was ten allocations a request):
+        /// the method, the path, the query, then each header's name, lower-cased, and value,
+        /// lossily decoded (invalid UTF-8 becomes U+FFFD). The spans below index it.
+        text: String,
+        method: Span,
+        path: Span,
+        query: Span,
+        headers: Vec<(Span, Span)>,
         pub body: Vec<u8>,
         pub keep_alive: bool,
         pub content_length: usize,
@@ -1473,23 +1476,48 @@ mod http {
         pub expect_continue: bool,
     }
 
+    type Span = std::ops::Range<usize>;
+
     impl Request {
+        /// A request with no headers and no body.
+        #[cfg(test)]
+        pub fn new(method: &str, path: &str, query: &str) -> Request {
+            let mut r = Request::default();
+            r.method = r.push(method);
+            r.path = r.push(path);
+            r.query = r.push(query);
+            r
+        }
+        fn push(&mut self, part: &str) -> Span {
+            let start = self.text.len();
+            self.text.push_str(part);
+            start..self.text.len()
+        }
+        pub fn method(&self) -> &str {
+            &self.text[self.method.clone()]
+        }
+        pub fn path(&self) -> &str {
+            &self.text[self.path.clone()]
+        }
+        pub fn query(&self) -> &str {
+            &self.text[self.query.clone()]
+        }
+        /// (name, value) pairs in the order sent.
+        pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+            (self.headers.iter()).map(|(n, v)| (&self.text[n.clone()], &self.text[v.clone()]))
+        }
         pub fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
+            self.headers().find(|&(n, _)| n == name).map(|(_, v)| v)
         }
         /// True when a comma-separated header holds `token` (case-insensitive).
         pub fn header_has(&self, name: &str, token: &str) -> bool {
-            self.headers
-                .iter()
-                .filter(|(n, _)| n == name)
+            self.headers()
+                .filter(|&(n, _)| n == name)
                 .any(|(_, v)| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         }
         /// Several query parameters in one pass (`query_params`).
         pub fn params<const N: usize>(&self, names: [&str; N]) -> [Option<Cow<'_, str>>; N] {
-            query_params(&self.query, names)
+            query_params(self.query(), names)
         }
     }
 
@@ -1503,14 +1531,23 @@ mod http {
 
     /// Parses a request head. `Ok(None)`: incomplete, read more. Pure.
     pub fn parse_head(buf: &[u8], lim: &Limits) -> Result<Option<(Request, usize)>, HttpError> {
-        let line_end = buf.windows(2).position(|w| w == b"\r\n");
+        let line_end = buf.iter().position(|&b| b == b'\n');
         if line_end.unwrap_or(buf.len()) > lim.max_line {
             return Err(HttpError::Status(414, "request line too long"));
         }
         // On the heap: 1.5 KiB here would deepen every connection thread's stack by a page.
-        let mut headers = vec![httparse::EMPTY_HEADER; 48];
+        // Room for 16 first (512 bytes, which malloc serves from its per-thread cache; from
+        // 1 KiB up it sweeps its fast bins first), for 48 only if the head has more.
+        let mut headers = vec![httparse::EMPTY_HEADER; 16];
         let mut req = httparse::Request::new(&mut headers);
-        let n = match req.parse(buf) {
+        let mut parsed = req.parse(buf);
+        let mut more;
+        if let Err(httparse::Error::TooManyHeaders) = parsed {
+            more = vec![httparse::EMPTY_HEADER; 48];
+            req = httparse::Request::new(&mut more);
+            parsed = req.parse(buf);
+        }
+        let n = match parsed {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) if buf.len() > lim.max_head => {
                 return Err(HttpError::Status(431, "request header fields too large"))
@@ -1527,17 +1564,21 @@ mod http {
         let target = req.path.unwrap_or("/");
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
         let mut r = Request {
-            method: req.method.unwrap_or("").to_string(),
-            path: path.to_string(),
-            query: query.to_string(),
+            text: String::with_capacity(n),
+            headers: Vec::with_capacity(req.headers.len()),
             ..Default::default()
         };
-        r.headers.reserve_exact(req.headers.len());
+        r.method = r.push(req.method.unwrap_or(""));
+        r.path = r.push(path);
+        r.query = r.push(query);
         for h in req.headers.iter() {
-            r.headers.push((
-                h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            ));
+            let name = r.push(h.name);
+            r.text[name.clone()].make_ascii_lowercase();
+            let value = match std::str::from_utf8(h.value) {
+                Ok(text) => r.push(text),
+                Err(_) => r.push(&String::from_utf8_lossy(h.value)),
+            };
+            r.headers.push((name, value));
         }
         let http10 = req.version == Some(0);
         r.keep_alive = if http10 {
@@ -1865,8 +1906,17 @@ mod http {
         names: [&str; N],
     ) -> [Option<Cow<'q, str>>; N] {
         let mut found = [const { None }; N];
-        for pair in query.split('&') {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        // Split by hand: `str::split` runs `memchr`, whose set-up outweighs a short query.
+        let split = |s: &'q str, sep: u8| match s.bytes().position(|b| b == sep) {
+            Some(i) => (&s[..i], Some(&s[i + 1..])),
+            None => (s, None),
+        };
+        let mut rest = Some(query);
+        while let Some(pairs) = rest {
+            let (pair, next) = split(pairs, b'&');
+            rest = next;
+            let (k, v) = split(pair, b'=');
+            let v = v.unwrap_or("");
             let k = percent_decode(k);
             if let Some(i) = names.iter().position(|&n| n == k) {
                 if found[i].is_none() {
@@ -1991,12 +2041,24 @@ mod http {
         fn parses_heads_and_refuses_what_it_must() {
             let input = b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: a\r\nOrigin: null\r\n\r\nrest";
             let (r, n) = parse_head(input, &lim()).unwrap().unwrap();
-            assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/socket.io/"));
+            assert_eq!((r.method(), r.path()), ("GET", "/socket.io/"));
             let [transport] = r.params(["transport"]);
             assert_eq!(transport.as_deref(), Some("polling"));
             assert_eq!(r.header("origin"), Some("null"));
             assert!(r.keep_alive && !r.expect_continue);
             assert_eq!(&input[n..], b"rest");
+            // Names lower-cased, values lossily decoded; past 16 headers the parse takes
+            // more room, up to 48.
+            let mut many = b"GET / HTTP/1.1\r\nX-Bin: a\xffb\r\n".to_vec();
+            for i in 0..40 {
+                many.extend_from_slice(format!("H{i}: v{i}\r\n").as_bytes());
+            }
+            many.extend_from_slice(b"\r\n");
+            let (r, _) = parse_head(&many, &lim()).unwrap().unwrap();
+            assert_eq!(r.headers().count(), 41);
+            assert_eq!(r.header("x-bin"), Some("a\u{fffd}b"));
+            assert_eq!(r.header("h39"), Some("v39"));
+            assert_eq!(r.query(), "");
             // `Expect: 100-continue` counts in HTTP/1.1 only (RFC 9110, 10.1.1).
             for (version, expects) in [("1.1", true), ("1.0", false)] {
                 let head = format!("POST / HTTP/{version}\r\nExpect: 100-Continue\r\n\r\n");
@@ -3427,7 +3489,7 @@ mod engine {
             let cors: Vec<(&str, &str)> =
                 cors_owned.iter().map(|(n, v)| (*n, v.as_str())).collect();
             let keep_alive = req.keep_alive && !req.oversize;
-            if req.method == "OPTIONS" {
+            if req.method() == "OPTIONS" {
                 let mut h = cors.clone();
                 h.push(("Access-Control-Allow-Methods", "GET, POST, OPTIONS"));
                 h.push((
@@ -3455,7 +3517,7 @@ mod engine {
                 if let (Transport::Sse, Some(last)) = (transport, req.header("last-event-id")) {
                     return self.sse_resume(req, c, &cors, last);
                 }
-                if req.method != "GET" {
+                if req.method() != "GET" {
                     return self.error(c, &cors, 2, keep_alive);
                 }
                 return self.handshake(req, c, &cors, transport);
@@ -3471,7 +3533,7 @@ mod engine {
             };
             let Some(s) = s else {
                 if transport == Transport::Polling
-                    && req.method == "GET"
+                    && req.method() == "GET"
                     && lock(&self.close_noops).remove(&*sid)
                 {
                     return self.poll_answer(c, &cors, &[shared(&NOOP, "6")], keep_alive, None);
@@ -3479,7 +3541,7 @@ mod engine {
                 return self.error(c, &cors, 1, keep_alive);
             };
             let current = s.transport();
-            match (transport, req.method.as_str()) {
+            match (transport, req.method()) {
                 (Transport::WebSocket, "GET") => self.websocket(req, c, &cors, Some(s)),
                 (Transport::Polling, "GET") if current == Transport::Polling => {
                     self.poll(&s, c, &cors, keep_alive)
@@ -4045,7 +4107,7 @@ mod engine {
             let Some(s) = self.get(&sid) else {
                 return self.error(c, cors, 1, false);
             };
-            if s.transport() != Transport::Sse || req.method != "GET" {
+            if s.transport() != Transport::Sse || req.method() != "GET" {
                 return self.error(c, cors, 3, false);
             }
             log!(DEBUG, "resume {} after event {n}", s.sid);
@@ -4350,11 +4412,8 @@ mod engine {
                 .set_read_timeout(Some(Duration::from_secs(20)))
                 .unwrap();
             let tcp = Arc::new(listener.accept().unwrap().0);
-            let req = Request {
-                method: "GET".into(),
-                query: format!("EIO=4&transport=polling&sid={}", s.sid),
-                ..Request::default()
-            };
+            let query = format!("EIO=4&transport=polling&sid={}", s.sid);
+            let req = Request::new("GET", "/socket.io/", &query);
             let (mut leftover, mut read_timeout) = (Vec::new(), http::ReadTimeout::default());
             let mut conn = Conn {
                 tcp: &tcp,
@@ -6021,11 +6080,11 @@ mod server {
                 let written = http::respond(c.tcp, status, &[("Content-Type", kind)], body, keep);
                 Next::after(written, keep)
             };
-            match req.path.as_str() {
+            match req.path() {
                 "/socket.io/" | "/socket.io" => self.sio.serve(req, c),
                 "/engine.io/" | "/engine.io" => self.raw.serve(req, c),
                 _ if req.oversize => page(413, "text/plain", b"payload too large"),
-                _ if req.method != "GET" && req.method != "HEAD" => {
+                _ if req.method() != "GET" && req.method() != "HEAD" => {
                     page(405, "text/plain", b"method not allowed")
                 }
                 "/" | "/index.html" => page(200, "text/html; charset=utf-8", INDEX_HTML.as_bytes()),
