@@ -1535,10 +1535,11 @@ mod http {
         if line_end.unwrap_or(buf.len()) > lim.max_line {
             return Err(HttpError::Status(414, "request line too long"));
         }
-        // On the heap: 1.5 KiB here would deepen every connection thread's stack by a page.
-        // Room for 16 first (512 bytes, which malloc serves from its per-thread cache; from
-        // 1 KiB up it sweeps its fast bins first), for 48 only if the head has more.
-        let mut headers = vec![httparse::EMPTY_HEADER; 16];
+        // Room for 16 on the stack (512 bytes: no deeper stack page at 1k connections),
+        // for 48 on the heap only if the head has more. 1.5 KiB on the stack would deepen
+        // every connection thread's stack by a page; 512 bytes on the heap would stay in
+        // every thread's malloc cache (+0.5 KiB per connection at rest, measured).
+        let mut headers = [httparse::EMPTY_HEADER; 16];
         let mut req = httparse::Request::new(&mut headers);
         let mut parsed = req.parse(buf);
         let mut more;
