@@ -1172,7 +1172,7 @@ mod sio {
     ) {
         out.push(kind.digit());
         if kind.is_binary() {
-            push_decimal(out, attachments as u64);
+            crate::push_decimal(out, attachments as u64);
             out.push(b'-');
         }
         if nsp != "/" {
@@ -1180,23 +1180,8 @@ mod sio {
             out.push(b',');
         }
         if let Some(id) = id {
-            push_decimal(out, id);
+            crate::push_decimal(out, id);
         }
-    }
-
-    /// Appends `n` in decimal; `write!` would take the formatting machinery for every ack id.
-    fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        out.extend_from_slice(&digits[at..]);
     }
 
     /// The inverse of `decode` (the hub writes its packets with `write_head` directly).
@@ -1703,25 +1688,13 @@ mod http {
     /// not zeroed first: that was a 4 KiB `memset` per request, the largest single cost of a
     /// polling request under callgrind.
     fn read_more(stream: &TcpStream, buf: &mut Vec<u8>, flags: libc::c_int) -> io::Result<usize> {
-        use std::os::fd::AsRawFd;
         buf.reserve(4096);
         let spare = buf.spare_capacity_mut();
-        // SAFETY: recv writes at most `spare.len()` bytes into the vector's spare capacity;
-        // the fd belongs to the live TcpStream.
-        let n = unsafe {
-            libc::recv(
-                stream.as_raw_fd(),
-                spare.as_mut_ptr().cast(),
-                spare.len(),
-                flags,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // SAFETY: the spare capacity is valid for writes of its length.
+        let n = unsafe { recv_to(stream, spare.as_mut_ptr().cast(), spare.len(), flags) }?;
         // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
-        unsafe { buf.set_len(buf.len() + n as usize) };
-        Ok(n as usize)
+        unsafe { buf.set_len(buf.len() + n) };
+        Ok(n)
     }
 
     /// Polling a socket before blocking on it (`--spin-us`): on a VM, waking an idle vCPU is
@@ -1795,17 +1768,24 @@ mod http {
 
     /// `recv(2)` with `flags` (`MSG_DONTWAIT`, `MSG_PEEK`), which `Read` cannot pass.
     pub fn recv(stream: &TcpStream, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
+        // SAFETY: `buf` is valid for writes of its length.
+        unsafe { recv_to(stream, buf.as_mut_ptr(), buf.len(), flags) }
+    }
+
+    /// `recv(2)` into the `len` bytes at `at`.
+    ///
+    /// # Safety
+    /// `at` must be valid for writes of `len` bytes.
+    unsafe fn recv_to(
+        stream: &TcpStream,
+        at: *mut u8,
+        len: usize,
+        flags: libc::c_int,
+    ) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
-        // SAFETY: recv writes at most `buf.len()` bytes into `buf`; the fd belongs to the
-        // live TcpStream.
-        let n = unsafe {
-            libc::recv(
-                stream.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                flags,
-            )
-        };
+        // SAFETY: recv writes at most `len` bytes at `at` (the caller's promise); the fd
+        // belongs to the live TcpStream.
+        let n = unsafe { libc::recv(stream.as_raw_fd(), at.cast(), len, flags) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -1850,7 +1830,7 @@ mod http {
         // Appended, not formatted: `write!` was most of the cost of a head.
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(b"HTTP/1.1 ");
-        push_decimal(&mut out, status.into());
+        crate::push_decimal(&mut out, status.into());
         out.push(b' ');
         out.extend_from_slice(reason(status).as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -1861,7 +1841,7 @@ mod http {
         }
         if let Some(len) = body_len {
             out.extend_from_slice(b"Content-Length: ");
-            push_decimal(&mut out, len);
+            crate::push_decimal(&mut out, len as u64);
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(if keep_alive {
@@ -1883,21 +1863,6 @@ mod http {
         let mut out = head(status, headers, Some(body.len()), keep_alive);
         out.extend_from_slice(body);
         (&*stream).write_all(&out)
-    }
-
-    /// Appends `n` in decimal.
-    fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        out.extend_from_slice(&digits[i..]);
     }
 
     /// The values of `names` in one pass over the query (the first of a repeated key wins),
@@ -2159,6 +2124,22 @@ impl Drop for Slot<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
+}
+
+/// Appends `n` in decimal: `write!` would take the formatting machinery for every ack id and
+/// every response head.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// Locks a mutex, ignoring poisoning: a handler that panicked must not take every other
