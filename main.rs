@@ -1489,7 +1489,8 @@ mod http {
         }
         /// (name, value) pairs in the order sent.
         pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
-            (self.headers.iter()).map(|(n, v)| (&self.text[n.clone()], &self.text[v.clone()]))
+            let text = |span: &Span| &self.text[span.clone()];
+            self.headers.iter().map(move |(n, v)| (text(n), text(v)))
         }
         pub fn header(&self, name: &str) -> Option<&str> {
             self.headers().find(|&(n, _)| n == name).map(|(_, v)| v)
@@ -1825,9 +1826,9 @@ mod http {
         body_len: Option<usize>,
         keep_alive: bool,
     ) -> Vec<u8> {
-        // Written in place: a `format!` per line would leave its freed buffers in the
-        // connection thread's malloc cache for the connection's life.
-        // Appended, not formatted: `write!` was most of the cost of a head.
+        // Appended in place: a `format!` per line would leave its freed buffers in the
+        // connection thread's malloc cache for the connection's life, and `write!` was most
+        // of the cost of a head.
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(b"HTTP/1.1 ");
         crate::push_decimal(&mut out, status.into());
