@@ -2280,8 +2280,7 @@ impl SharedCpuEscape {
     fn start() -> Self {
         if !FANS_OUT.replace(true) {
             if let Some(cpus) = process_cpus() {
-                // SAFETY: `cpus` is a set the kernel filled; pid 0 is the calling thread.
-                unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&cpus), &cpus) };
+                set_cpus(&cpus);
             }
         }
         SharedCpuEscape {
@@ -2305,8 +2304,7 @@ thread_local! {
 impl Drop for SharedCpuEscape {
     fn drop(&mut self) {
         if let Some(cpus) = &self.restore {
-            // SAFETY: `cpus` is the set sched_getaffinity filled in `leave_this_cpu`.
-            unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(cpus), cpus) };
+            set_cpus(cpus);
         }
     }
 }
@@ -2340,11 +2338,15 @@ fn keep_off(cpu: libc::c_int) -> bool {
     let (Some(mut cpus), Ok(cpu)) = (process_cpus(), usize::try_from(cpu)) else {
         return false;
     };
-    // SAFETY: `cpus` is a set the kernel filled; pid 0 is the calling thread.
-    unsafe {
-        libc::CPU_CLR(cpu, &mut cpus);
-        libc::sched_setaffinity(0, std::mem::size_of_val(&cpus), &cpus) == 0
-    }
+    // SAFETY: `cpu` is below CPU_SETSIZE (a CPU the kernel reported).
+    unsafe { libc::CPU_CLR(cpu, &mut cpus) };
+    set_cpus(&cpus)
+}
+
+/// Lets the calling thread run on `cpus` only; whether the kernel took the set.
+fn set_cpus(cpus: &libc::cpu_set_t) -> bool {
+    // SAFETY: `cpus` is a whole cpu_set_t of the size passed; pid 0 is the calling thread.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(cpus), cpus) == 0 }
 }
 
 /// The CPUs the process may run on (as started: `taskset` narrows them), or None if that is
